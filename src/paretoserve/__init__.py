@@ -1,0 +1,1 @@
+"""paretoserve: latency / throughput / cost / energy trade-offs of LLM serving deployments."""

@@ -1,0 +1,1 @@
+"""The catalog: facts about models and hardware, no logic (DESIGN §2)."""

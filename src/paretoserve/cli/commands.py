@@ -1,0 +1,3 @@
+"""Imports every command module so that each registers itself on the Typer app (one line each)."""
+
+from paretoserve.cli import catalog_cmd, estimate_cmd  # noqa: F401

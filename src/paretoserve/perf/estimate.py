@@ -1,0 +1,77 @@
+"""`estimate`: one prefill step and one decode step of a model on a device, with the reasons."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from paretoserve.catalog.device import DeviceSpec, load_device
+from paretoserve.catalog.model import ModelSpec, load_model
+from paretoserve.perf.memory import KvCapacity, kv_capacity
+from paretoserve.perf.roofline import Efficiency, Roofline
+from paretoserve.perf.shape import PrefillChunk, StepShape, StepTime
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Roofline estimate of a prefill step and a decode step (seconds, tokens/s, bytes)."""
+
+    model: ModelSpec
+    device: DeviceSpec
+    tp: int
+    pp: int
+    batch: int
+    prompt: int
+    context: int
+    weight_dtype: str
+    kv_dtype: str
+    prefill: StepTime
+    decode: StepTime
+    kv: KvCapacity
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        """Prompt tokens processed per second during the prefill step."""
+        return self.batch * self.prompt / self.prefill.seconds
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Output tokens per second across the batch during decode."""
+        return self.batch / self.decode.seconds
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready dictionary (SI units)."""
+        def step(st: StepTime) -> dict[str, object]:
+            return {"seconds": st.seconds, "flops": st.flops, "bytes": st.bytes,
+                    "ops": [asdict(op) for op in st.ops]}
+
+        return {
+            "model": self.model.name, "hardware": self.device.name, "tp": self.tp, "pp": self.pp,
+            "batch": self.batch, "prompt_tokens": self.prompt, "context_tokens": self.context,
+            "weight_dtype": self.weight_dtype, "kv_dtype": self.kv_dtype, "estimated": True,
+            "params_total": self.model.params.total, "params_active": self.model.params.active,
+            "prefill": step(self.prefill), "decode": step(self.decode),
+            "prefill_tokens_per_s": self.prefill_tokens_per_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "kv_capacity_tokens": self.kv.tokens, "kv_bytes_per_token": self.kv.bytes_per_token,
+            "weight_bytes_per_device": self.kv.weight_bytes_per_device,
+            "max_sequences_at_context": self.kv.max_sequences(self.context),
+        }
+
+
+def estimate(model: str | ModelSpec, hardware: str | DeviceSpec, *, tp: int = 1, pp: int = 1,
+             batch: int = 1, prompt: int = 1024, context: int | None = None,
+             weight_dtype: str | None = None, kv_dtype: str | None = None,
+             gpu_memory_utilization: float = 0.9, efficiency: Efficiency | None = None) -> Estimate:
+    """Estimate prefill of `batch` prompts of `prompt` tokens and one decode step of `batch`
+    sequences at `context` tokens (default: `prompt`)."""
+    spec = load_model(model) if isinstance(model, str) else model
+    device = load_device(hardware) if isinstance(hardware, str) else hardware
+    roofline = Roofline(spec, device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                        efficiency=efficiency)
+    kv = kv_capacity(spec, device, tp=tp, pp=pp, gpu_memory_utilization=gpu_memory_utilization,
+                     weight_dtype=roofline.weight_dtype, kv_dtype=roofline.kv_dtype)
+    ctx = prompt if context is None else context
+    prefill = roofline.step_time(StepShape(prefill=(PrefillChunk(prompt, 0, True),) * batch))
+    decode = roofline.step_time(StepShape(decode=(ctx,) * batch))
+    return Estimate(spec, device, tp, pp, batch, prompt, ctx, roofline.weight_dtype, roofline.kv_dtype,
+                    prefill, decode, kv)

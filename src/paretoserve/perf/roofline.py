@@ -1,0 +1,367 @@
+"""`Roofline`: step time from datasheet peaks × efficiencies (DESIGN §2).
+
+Each operator of each layer kind knows its FLOPs and bytes as linear functions of a few
+aggregates of the step (tokens, sampled rows, attention pairs, KV tokens read, ...). Its time is
+
+    fixed + max(FLOPs / (peak × compute efficiency), bytes / (bandwidth × memory efficiency))
+
+summed over the layers it appears in, plus tensor-parallel all-reduces and pipeline send/recv from
+the link model. Because every operator is linear in the aggregates, a run of k decode iterations
+(context +1 per sequence each time) is a sum of maxima of two lines and has a closed form, which
+`decode_run_seconds` uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from paretoserve.catalog.device import DeviceSpec
+from paretoserve.catalog.dtypes import dtype_bytes, normalize_dtype
+from paretoserve.catalog.model import LayerSpec, ModelSpec
+from paretoserve.errors import UserError
+from paretoserve.perf.base import StepTimeModel
+from paretoserve.perf.shape import Bound, OpTime, StepShape, StepTime
+
+# Aggregate indices: what each operator's FLOPs and bytes are linear in.
+TOKENS = 0         # tokens through the linear layers
+SAMPLED = 1        # rows that need the LM head
+SEQS = 2           # sequences in the batch (recurrent state reads/writes)
+PF_PAIRS = 3       # prefill (query, key) pairs, full-attention layers
+PF_KV = 4          # KV tokens read by prefill chunks, full-attention layers
+DEC_KV = 5         # KV tokens read by decodes, full-attention layers
+PF_PAIRS_W = 6     # the same three for sliding-window layers (capped at the window)
+PF_KV_W = 7
+DEC_KV_W = 8
+EXPERTS = 9        # distinct routed experts touched by the batch (per MoE layer)
+N_AGG = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Efficiency:
+    """Fractions of datasheet peaks reached in practice, and fixed costs.
+
+    Defaults: GEMM 70% of peak tensor FLOP/s and memory 80% of peak bandwidth (the correction NVIDIA's
+    AIConfigurator applies to H100 HBM), attention 50% of peak (FlashAttention-2/3 forward reach
+    ~50–75% on A100/H100), links 80%; 3 µs fixed latency per kernel (AIConfigurator's
+    `mem_empirical_constant_latency`); no per-step scheduler overhead (fitted by calibration).
+    """
+
+    gemm: float = 0.70
+    attention: float = 0.50
+    memory: float = 0.80
+    link: float = 0.80
+    kernel_latency_s: float = 3e-6
+    step_overhead_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One operator kind: time = layers × (fixed + max(flops/peak, bytes/bandwidth))."""
+
+    name: str
+    layers: int
+    peak: float
+    bandwidth: float
+    fixed: float
+    flops: tuple[tuple[int, float], ...]
+    bytes_base: float
+    bytes: tuple[tuple[int, float], ...]
+    bound_if_memory: Bound = "memory"
+
+
+class Roofline(StepTimeModel):
+    """Datasheet roofline of one replica: `model` on `tp × pp` devices of kind `device`.
+
+    Args:
+        weight_dtype: stored weight format (default: the model's native dtype).
+        kv_dtype: KV-cache format (default bf16).
+        activation_dtype: activations and compute dtype for GEMMs (bf16; fp8 GEMMs when weights are fp8).
+    """
+
+    def __init__(self, model: ModelSpec, device: DeviceSpec, *, tp: int = 1, pp: int = 1,
+                 weight_dtype: str | None = None, kv_dtype: str | None = None,
+                 efficiency: Efficiency | None = None) -> None:
+        check_parallelism(model, tp, pp)
+        self.model, self.device, self.tp, self.pp = model, device, tp, pp
+        self.weight_dtype = normalize_dtype(weight_dtype or model.weight_dtype)
+        self.kv_dtype = normalize_dtype(kv_dtype or "bf16")
+        self.eff = efficiency or Efficiency()
+        self.act_bytes = 2.0
+        compute_dtype = "fp8" if self.weight_dtype in ("fp8", "fp4") else "bf16"
+        self.gemm_peak = device.peak_flops(compute_dtype) * self.eff.gemm
+        self.attn_peak = device.peak_flops("bf16") * self.eff.attention
+        self.mem_bw = device.mem_bandwidth * self.eff.memory
+        windows = {layer.attention.window for layer in model.layers if layer.attention.window}
+        if len(windows) > 1:
+            raise UserError(f"model {model.name} mixes sliding windows {sorted(windows)}; one size supported")
+        self.window = windows.pop() if windows else None
+        moe = [layer.mlp for layer in model.layers if layer.mlp.kind == "moe"]
+        self.moe_experts = moe[0].num_experts if moe else 0
+        self.moe_top_k = moe[0].top_k if moe else 0
+        self.ops = self._build_ops()
+        self._cache: dict[tuple[int, ...], float] = {}
+
+    # ------------------------------------------------------------------ public interface
+    def step_time(self, shape: StepShape) -> StepTime:
+        agg = self.aggregates(shape)
+        ops = []
+        total = self.eff.step_overhead_s
+        for op in self.ops:
+            flops = sum(c * agg[i] for i, c in op.flops)
+            nbytes = op.bytes_base + sum(c * agg[i] for i, c in op.bytes)
+            t_compute = flops / op.peak if op.peak else 0.0
+            t_memory = nbytes / op.bandwidth if op.bandwidth else 0.0
+            seconds = op.layers * (op.fixed + max(t_compute, t_memory))
+            if t_compute >= t_memory and flops:
+                bound: Bound = "compute"
+            elif nbytes:
+                bound = op.bound_if_memory
+            else:
+                bound = "overhead"
+            total += seconds
+            ops.append(OpTime(op.name, seconds, op.layers * flops, op.layers * nbytes, bound))
+        if self.eff.step_overhead_s:
+            ops.append(OpTime("step.overhead", self.eff.step_overhead_s, 0.0, 0.0, "overhead"))
+        return StepTime(total, tuple(ops))
+
+    def seconds(self, shape: StepShape) -> float:
+        return self._evaluate(self.aggregates(shape))
+
+    def decode_seconds(self, n: int, context_sum: int) -> float:
+        if n <= 0:
+            return 0.0
+        key = (n, context_sum)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._evaluate(self._decode_aggregates(n, context_sum))
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[key] = cached
+        return cached
+
+    def decode_run_seconds(self, n: int, context_sum: int, k: int) -> float:
+        """Closed-form sum of k decode iterations (exact for this piecewise-linear model)."""
+        if k <= 0 or n <= 0:
+            return 0.0
+        total = k * self.eff.step_overhead_s
+        for lo, hi, start, slope in self._decode_segments(n, context_sum, k):
+            for op in self.ops:
+                total += op.layers * _sum_max_lines(op, start, slope, lo, hi)
+        return total
+
+    def _decode_segments(self, n: int, context_sum: int, k: int):
+        """Iteration ranges [lo, hi) over which the aggregates are start + slope × i."""
+        start = self._decode_aggregates(n, context_sum)
+        slope = [0.0] * N_AGG
+        slope[DEC_KV] = float(n)
+        if not self.window:
+            return [(0, k, start, slope)]
+        mean = context_sum / n
+        knee = min(k, max(0, math.ceil(self.window - mean)))  # first i with mean + i >= window
+        segments = []
+        if knee > 0:
+            growing = list(slope)
+            growing[DEC_KV_W] = float(n)
+            segments.append((0, knee, start, growing))
+        if knee < k:
+            capped = list(start)
+            capped[DEC_KV_W] = float(n * self.window)
+            segments.append((knee, k, capped, slope))
+        return segments
+
+    # ------------------------------------------------------------------ aggregates
+    def aggregates(self, shape: StepShape) -> list[float]:
+        """The aggregate vector of a step (see the module's index constants)."""
+        agg = [0.0] * N_AGG
+        w = self.window
+        for chunk in shape.prefill:
+            c, ctx = chunk.tokens, chunk.context
+            agg[TOKENS] += c
+            agg[SEQS] += 1
+            if chunk.last:
+                agg[SAMPLED] += 1
+            agg[PF_PAIRS] += c * (ctx + (c + 1) / 2)
+            agg[PF_KV] += ctx + c
+            if w:
+                agg[PF_PAIRS_W] += c * min(ctx + (c + 1) / 2, w)
+                agg[PF_KV_W] += min(ctx + c, w)
+        n = len(shape.decode)
+        if n:
+            agg[TOKENS] += n
+            agg[SAMPLED] += n
+            agg[SEQS] += n
+            agg[DEC_KV] += sum(shape.decode)
+            if w:
+                agg[DEC_KV_W] += sum(min(x, w) for x in shape.decode)
+        agg[EXPERTS] = self._experts_touched(agg[TOKENS])
+        return agg
+
+    def _decode_aggregates(self, n: int, context_sum: int) -> list[float]:
+        agg = [0.0] * N_AGG
+        agg[TOKENS] = agg[SAMPLED] = agg[SEQS] = float(n)
+        agg[DEC_KV] = float(context_sum)
+        if self.window:
+            agg[DEC_KV_W] = n * min(context_sum / n, self.window)
+        agg[EXPERTS] = self._experts_touched(n)
+        return agg
+
+    def _experts_touched(self, tokens: float) -> float:
+        """Expected distinct experts hit when `tokens` tokens each pick top-k of E uniformly."""
+        if not self.moe_experts:
+            return 0.0
+        e, k = self.moe_experts, self.moe_top_k
+        return e * (1.0 - (1.0 - k / e) ** tokens)
+
+    def _evaluate(self, agg: list[float]) -> float:
+        total = self.eff.step_overhead_s
+        for op in self.ops:
+            flops = 0.0
+            for i, c in op.flops:
+                flops += c * agg[i]
+            nbytes = op.bytes_base
+            for i, c in op.bytes:
+                nbytes += c * agg[i]
+            t_c = flops / op.peak if op.peak else 0.0
+            t_m = nbytes / op.bandwidth if op.bandwidth else 0.0
+            total += op.layers * (op.fixed + (t_c if t_c > t_m else t_m))
+        return total
+
+    # ------------------------------------------------------------------ operators
+    def _build_ops(self) -> list[_Op]:
+        m, tp = self.model, self.tp
+        h, ab = m.hidden_size, self.act_bytes
+        wb, kb = dtype_bytes(self.weight_dtype), dtype_bytes(self.kv_dtype)
+        lat = self.eff.kernel_latency_s
+        protos: dict[tuple, _Op] = {}
+        layer_counts: dict[tuple, int] = {}
+
+        def add(name: str, layers: int, peak: float, bw: float, fixed: float,
+                flops: dict[int, float], bytes_base: float, nbytes: dict[int, float],
+                bound: Bound = "memory") -> None:
+            """Register an operator; identical operators of different layer groups merge."""
+            op = _Op(name, 0, peak, bw, fixed, tuple(sorted(flops.items())), bytes_base,
+                     tuple(sorted(nbytes.items())), bound)
+            key = (op.name, op.peak, op.bandwidth, op.fixed, op.flops, op.bytes_base, op.bytes, bound)
+            protos.setdefault(key, op)
+            layer_counts[key] = layer_counts.get(key, 0) + layers
+
+        def gemm(name: str, layers: int, n_in: float, n_out: float) -> None:
+            """Weight GEMM [tokens × n_in] @ [n_in × n_out] (per device)."""
+            add(name, layers, self.gemm_peak, self.mem_bw, lat, {TOKENS: 2.0 * n_in * n_out},
+                n_in * n_out * wb, {TOKENS: (n_in + n_out) * ab})
+
+        for layer, count in m.layer_groups:
+            self._layer_ops(layer, count, gemm, add, h, ab, wb, kb, lat)
+
+        # Embedding lookup and LM head (vocabulary-parallel across TP ranks).
+        add("embed", 1, 0.0, self.mem_bw, lat, {}, 0.0, {TOKENS: 2.0 * h * ab})
+        add("lm_head", 1, self.gemm_peak, self.mem_bw, lat, {SAMPLED: 2.0 * h * m.vocab_size / tp},
+            h * m.vocab_size * wb / tp, {SAMPLED: (h * ab + 4.0 * m.vocab_size / tp)})
+        if self.pp > 1:
+            link_bw = self.device.intra_node_bandwidth * self.eff.link
+            add("pp.send_recv", self.pp - 1, 0.0, link_bw, self.device.intra_node_latency, {}, 0.0,
+                {TOKENS: h * ab}, "comm")
+        return [replace(op, layers=layer_counts[key]) for key, op in protos.items()]
+
+    def _layer_ops(self, layer: LayerSpec, count: int, gemm, add, h: int, ab: float, wb: float,
+                   kb: float, lat: float) -> None:
+        tp = self.tp
+        att, mlp = layer.attention, layer.mlp
+        if att.kind == "gqa":
+            kv_width = att.num_kv_heads * att.head_dim * (1 if att.kv_shared else 2)
+            gemm("attn.qkv_proj", count, h, (att.q_dim + kv_width) / tp)
+            pairs, kv_read, dec = (PF_PAIRS_W, PF_KV_W, DEC_KV_W) if att.window else (PF_PAIRS, PF_KV, DEC_KV)
+            qk_flops = 4.0 * att.num_heads * att.head_dim / tp
+            kv_bytes = att.kv_values_per_token() * kb / max(1, min(tp, att.num_kv_heads))
+            io = {TOKENS: (2 * att.q_dim / tp + kv_width / tp) * ab + kv_bytes}
+            add("attn.prefill", count, self.attn_peak, self.mem_bw, 0.0, {pairs: qk_flops}, 0.0,
+                {kv_read: kv_bytes, **io}, "memory")
+            add("attn.decode", count, self.attn_peak, self.mem_bw, lat, {dec: qk_flops}, 0.0,
+                {dec: kv_bytes}, "memory")
+            gemm("attn.o_proj", count, att.o_in_dim / tp, h)
+        elif att.kind == "mla":
+            params = att.params(h)
+            add("attn.mla_proj", count, self.gemm_peak, self.mem_bw, lat,
+                {TOKENS: 2.0 * params / tp}, params * wb / tp, {TOKENS: 4.0 * h * ab})
+            # Absorbed MLA: each (query, key) pair costs 2 × heads × (latent + rope) + 2 × heads × latent
+            # FLOPs; the latent KV cache is replicated on every TP rank.
+            pair_flops = 2.0 * att.num_heads * (2 * att.kv_lora_rank + att.rope_dim) / tp
+            kv_bytes = att.kv_values_per_token() * kb
+            add("attn.prefill", count, self.attn_peak, self.mem_bw, 0.0, {PF_PAIRS: pair_flops}, 0.0,
+                {PF_KV: kv_bytes, TOKENS: kv_bytes}, "memory")
+            add("attn.decode", count, self.attn_peak, self.mem_bw, lat, {DEC_KV: pair_flops}, 0.0,
+                {DEC_KV: kv_bytes}, "memory")
+        elif att.kind == "mamba":
+            inner, bc = att.mamba_inner, 2 * att.ssm_groups * att.ssm_state
+            gemm("mamba.in_proj", count, h, (2 * inner + bc + att.mamba_heads) / tp)
+            state_bytes = att.state_values_per_sequence() * 4.0 / tp
+            add("mamba.ssm", count, self.attn_peak, self.mem_bw, lat,
+                {TOKENS: 6.0 * inner * att.ssm_state / tp}, 0.0,
+                {SEQS: 2.0 * state_bytes, TOKENS: 3.0 * inner * ab / tp})
+            gemm("mamba.out_proj", count, inner / tp, h)
+        if mlp.intermediate:
+            name = "mlp" if mlp.kind == "dense" else "moe.shared"
+            gemm(name, count, h, mlp.matrices * mlp.intermediate / tp)
+        if mlp.kind == "moe":
+            gemm("moe.router", count, h, mlp.num_experts)
+            per_expert = mlp.matrices * h * mlp.expert_intermediate
+            add("moe.experts", count, self.gemm_peak, self.mem_bw, lat,
+                {TOKENS: 2.0 * per_expert * mlp.top_k / tp}, 0.0,
+                {EXPERTS: per_expert * wb / tp, TOKENS: mlp.top_k * 2.0 * h * ab})
+        norm_bytes = layer.norms * 2.0 * h * ab
+        add("norm+residual", count, 0.0, self.mem_bw, lat * layer.norms, {}, 0.0, {TOKENS: norm_bytes})
+        if tp > 1:
+            reduces = (att.kind != "none") + (mlp.kind != "none")
+            ring = 2.0 * (tp - 1) / tp
+            link_bw = self.device.intra_node_bandwidth * self.eff.link / ring
+            fixed = 2.0 * (tp - 1) * self.device.intra_node_latency / 2
+            add("tp.allreduce", count * reduces, 0.0, link_bw, fixed, {}, 0.0, {TOKENS: h * ab}, "comm")
+
+
+def _sum_max_lines(op: _Op, start: list[float], slope: list[float], lo: int, hi: int) -> float:
+    """Σ_{i=lo}^{hi-1} fixed + max(flops(i)/peak, bytes(i)/bw) for aggregates start + slope × i."""
+    f0 = f1 = 0.0
+    for i, c in op.flops:
+        f0 += c * start[i]
+        f1 += c * slope[i]
+    b0, b1 = op.bytes_base, 0.0
+    for i, c in op.bytes:
+        b0 += c * start[i]
+        b1 += c * slope[i]
+    c0, c1 = (f0 / op.peak, f1 / op.peak) if op.peak else (0.0, 0.0)
+    m0, m1 = (b0 / op.bandwidth, b1 / op.bandwidth) if op.bandwidth else (0.0, 0.0)
+    total = (hi - lo) * op.fixed
+    if c1 == m1:
+        return total + _sum_line(max(c0, m0), c1, lo, hi)
+    # The lines cross once; left of the crossing the one with the smaller slope is larger.
+    cross = (m0 - c0) / (c1 - m1)
+    split = min(hi, max(lo, math.floor(cross) + 1))
+    (l0, l1), (r0, r1) = ((m0, m1), (c0, c1)) if c1 > m1 else ((c0, c1), (m0, m1))
+    return total + _sum_line(l0, l1, lo, split) + _sum_line(r0, r1, split, hi)
+
+
+def _sum_line(a: float, b: float, lo: int, hi: int) -> float:
+    """Σ_{i=lo}^{hi-1} (a + b i)."""
+    n = hi - lo
+    if n <= 0:
+        return 0.0
+    return n * a + b * (lo + hi - 1) * n / 2
+
+
+def check_parallelism(model: ModelSpec, tp: int, pp: int) -> None:
+    """UserError unless `tp` divides every layer's heads and `pp` ≤ layers."""
+    if tp < 1 or pp < 1:
+        raise UserError(f"tp and pp must be >= 1, got tp={tp} pp={pp}")
+    for layer in model.layers:
+        att = layer.attention
+        heads = att.num_heads if att.kind in ("gqa", "mla") else att.mamba_heads
+        if heads and heads % tp:
+            valid = [d for d in range(1, heads + 1) if heads % d == 0 and d <= 64]
+            raise UserError(f"--tp {tp} does not divide {model.name}'s {heads} attention heads; "
+                            f"valid TP sizes: {', '.join(map(str, valid))}")
+        if att.kind == "gqa" and att.num_kv_heads and tp > att.num_kv_heads and tp % att.num_kv_heads:
+            raise UserError(f"--tp {tp} is neither a divisor nor a multiple of {model.name}'s "
+                            f"{att.num_kv_heads} KV heads")
+    if pp > model.num_layers:
+        raise UserError(f"--pp {pp} exceeds {model.name}'s {model.num_layers} layers")

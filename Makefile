@@ -24,8 +24,9 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.core
 install-test: $(VENV)/.test
 
+# The main job on the bundled example: Llama-3.1-8B on one H100, Azure conversation trace.
 demo: $(VENV)/.core
-	$(BIN)/paretoserve demo
+	$(BIN)/paretoserve estimate --model Meta-Llama-3.1-8B --hardware h100_sxm --batch 64 --prompt 1024 --context 2048
 
 test: $(VENV)/.test
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q

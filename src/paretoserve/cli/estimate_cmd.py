@@ -21,7 +21,7 @@ def estimate_cmd(
     batch: int = typer.Option(1, "--batch", "-b", min=1, help="Sequences in the batch."),
     prompt: int = typer.Option(1024, "--prompt", "-p", min=1, help="Prompt tokens per sequence (prefill)."),
     context: int | None = typer.Option(None, "--context", "-c", min=1,
-                                       help="Context tokens per sequence for the decode step [default: prompt]."),
+                                       help="Decode context per sequence [default: prompt]."),
     weight_dtype: str | None = typer.Option(None, "--weight-dtype", help="bf16, fp8, int8, int4, fp4."),
     kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache dtype: bf16, fp8, int8."),
     gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
@@ -51,7 +51,8 @@ def _print(est: Estimate) -> None:
         f"decode step {est.decode.seconds * 1e3:.2f} ms → {est.decode_tokens_per_s:,.0f} output tok/s "
         f"({1 / est.decode.seconds:,.1f} tok/s per sequence)")
     console.print(
-        f"KV cache: {kv.tokens:,} tokens ({kv.bytes / 1e9:.1f} GB, {kv.bytes_per_token / 1024:.1f} KiB/token); "
+        f"KV cache: {kv.tokens:,} tokens ({kv.bytes / 1e9:.1f} GB, "
+        f"{kv.bytes_per_token / 1024:.1f} KiB/token); "
         f"weights {kv.weight_bytes_per_device / 1e9:.1f} GB per device; "
         f"max {kv.max_sequences(est.context):,} concurrent sequences at {est.context} tokens")
     if kv.max_sequences(est.context) < est.batch:

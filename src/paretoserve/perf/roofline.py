@@ -34,7 +34,9 @@ PF_PAIRS_W = 6     # the same three for sliding-window layers (capped at the win
 PF_KV_W = 7
 DEC_KV_W = 8
 EXPERTS = 9        # distinct routed experts touched by the batch (per MoE layer)
-N_AGG = 10
+PF_TOKENS = 10     # prompt tokens computed (prefill part of TOKENS)
+DECODES = 11       # decoding sequences (decode part of TOKENS)
+N_AGG = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +44,13 @@ class Efficiency:
     """Fractions of datasheet peaks reached in practice, and fixed costs.
 
     Defaults: GEMM 70% of peak tensor FLOP/s and memory 80% of peak bandwidth (the correction NVIDIA's
-    AIConfigurator applies to H100 HBM), attention 50% of peak (FlashAttention-2/3 forward reach
-    ~50–75% on A100/H100), links 80%; 3 µs fixed latency per kernel (AIConfigurator's
+    AIConfigurator applies to H100 HBM), attention 60% of peak (FlashAttention-2/3 forward passes
+    reach ~50–75% of peak on A100/H100), links 80%; 3 µs fixed latency per kernel (AIConfigurator's
     `mem_empirical_constant_latency`); no per-step scheduler overhead (fitted by calibration).
     """
 
     gemm: float = 0.70
-    attention: float = 0.50
+    attention: float = 0.60
     memory: float = 0.80
     link: float = 0.80
     kernel_latency_s: float = 3e-6
@@ -178,6 +180,7 @@ class Roofline(StepTimeModel):
         for chunk in shape.prefill:
             c, ctx = chunk.tokens, chunk.context
             agg[TOKENS] += c
+            agg[PF_TOKENS] += c
             agg[SEQS] += 1
             if chunk.last:
                 agg[SAMPLED] += 1
@@ -189,6 +192,7 @@ class Roofline(StepTimeModel):
         n = len(shape.decode)
         if n:
             agg[TOKENS] += n
+            agg[DECODES] += n
             agg[SAMPLED] += n
             agg[SEQS] += n
             agg[DEC_KV] += sum(shape.decode)
@@ -199,7 +203,7 @@ class Roofline(StepTimeModel):
 
     def _decode_aggregates(self, n: int, context_sum: int) -> list[float]:
         agg = [0.0] * N_AGG
-        agg[TOKENS] = agg[SAMPLED] = agg[SEQS] = float(n)
+        agg[TOKENS] = agg[SAMPLED] = agg[SEQS] = agg[DECODES] = float(n)
         agg[DEC_KV] = float(context_sum)
         if self.window:
             agg[DEC_KV_W] = n * min(context_sum / n, self.window)
@@ -274,11 +278,12 @@ class Roofline(StepTimeModel):
             pairs, kv_read, dec = (PF_PAIRS_W, PF_KV_W, DEC_KV_W) if att.window else (PF_PAIRS, PF_KV, DEC_KV)
             qk_flops = 4.0 * att.num_heads * att.head_dim / tp
             kv_bytes = att.kv_values_per_token() * kb / max(1, min(tp, att.num_kv_heads))
-            io = {TOKENS: (2 * att.q_dim / tp + kv_width / tp) * ab + kv_bytes}
+            # Per new token: read Q, K, V, write O (activations) and write K, V to the cache.
+            io = (2 * att.q_dim / tp + kv_width / tp) * ab + kv_bytes
             add("attn.prefill", count, self.attn_peak, self.mem_bw, 0.0, {pairs: qk_flops}, 0.0,
-                {kv_read: kv_bytes, **io}, "memory")
+                {kv_read: kv_bytes, PF_TOKENS: io}, "memory")
             add("attn.decode", count, self.attn_peak, self.mem_bw, lat, {dec: qk_flops}, 0.0,
-                {dec: kv_bytes}, "memory")
+                {dec: kv_bytes, DECODES: io}, "memory")
             gemm("attn.o_proj", count, att.o_in_dim / tp, h)
         elif att.kind == "mla":
             params = att.params(h)
@@ -289,9 +294,9 @@ class Roofline(StepTimeModel):
             pair_flops = 2.0 * att.num_heads * (2 * att.kv_lora_rank + att.rope_dim) / tp
             kv_bytes = att.kv_values_per_token() * kb
             add("attn.prefill", count, self.attn_peak, self.mem_bw, 0.0, {PF_PAIRS: pair_flops}, 0.0,
-                {PF_KV: kv_bytes, TOKENS: kv_bytes}, "memory")
+                {PF_KV: kv_bytes, PF_TOKENS: kv_bytes}, "memory")
             add("attn.decode", count, self.attn_peak, self.mem_bw, lat, {DEC_KV: pair_flops}, 0.0,
-                {DEC_KV: kv_bytes}, "memory")
+                {DEC_KV: kv_bytes, DECODES: kv_bytes}, "memory")
         elif att.kind == "mamba":
             inner, bc = att.mamba_inner, 2 * att.ssm_groups * att.ssm_state
             gemm("mamba.in_proj", count, h, (2 * inner + bc + att.mamba_heads) / tp)
@@ -309,13 +314,13 @@ class Roofline(StepTimeModel):
             add("moe.experts", count, self.gemm_peak, self.mem_bw, lat,
                 {TOKENS: 2.0 * per_expert * mlp.top_k / tp}, 0.0,
                 {EXPERTS: per_expert * wb / tp, TOKENS: mlp.top_k * 2.0 * h * ab})
-        norm_bytes = layer.norms * 2.0 * h * ab
+        norm_bytes = layer.norms * 4.0 * h * ab  # fused add + RMSNorm: read x and residual, write both
         add("norm+residual", count, 0.0, self.mem_bw, lat * layer.norms, {}, 0.0, {TOKENS: norm_bytes})
         if tp > 1:
             reduces = (att.kind != "none") + (mlp.kind != "none")
             ring = 2.0 * (tp - 1) / tp
             link_bw = self.device.intra_node_bandwidth * self.eff.link / ring
-            fixed = 2.0 * (tp - 1) * self.device.intra_node_latency / 2
+            fixed = (tp - 1) * self.device.intra_node_latency
             add("tp.allreduce", count * reduces, 0.0, link_bw, fixed, {}, 0.0, {TOKENS: h * ab}, "comm")
 
 

@@ -63,7 +63,7 @@ def _print(est: Estimate) -> None:
 
 
 def _op_table(title: str, step: StepTime) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=f"{title} (per device)", title_justify="left")
     for col in ("operator", "time ms", "share", "GFLOP", "MB moved", "bound"):
         table.add_column(col, justify="left" if col in ("operator", "bound") else "right")
     for op in sorted(step.ops, key=lambda o: -o.seconds):

@@ -112,15 +112,12 @@ class Roofline(StepTimeModel):
         for op in self.ops:
             flops = sum(c * agg[i] for i, c in op.flops)
             nbytes = op.bytes_base + sum(c * agg[i] for i, c in op.bytes)
+            if not flops and not nbytes:
+                continue  # the operator does not run in this step
             t_compute = flops / op.peak if op.peak else 0.0
             t_memory = nbytes / op.bandwidth if op.bandwidth else 0.0
             seconds = op.layers * (op.fixed + max(t_compute, t_memory))
-            if t_compute >= t_memory and flops:
-                bound: Bound = "compute"
-            elif nbytes:
-                bound = op.bound_if_memory
-            else:
-                bound = "overhead"
+            bound: Bound = "compute" if t_compute >= t_memory and flops else op.bound_if_memory
             total += seconds
             ops.append(OpTime(op.name, seconds, op.layers * flops, op.layers * nbytes, bound))
         if self.eff.step_overhead_s:
@@ -226,6 +223,8 @@ class Roofline(StepTimeModel):
             nbytes = op.bytes_base
             for i, c in op.bytes:
                 nbytes += c * agg[i]
+            if not flops and not nbytes:
+                continue  # the operator does not run in this step
             t_c = flops / op.peak if op.peak else 0.0
             t_m = nbytes / op.bandwidth if op.bandwidth else 0.0
             total += op.layers * (op.fixed + (t_c if t_c > t_m else t_m))
@@ -336,6 +335,8 @@ def _sum_max_lines(op: _Op, start: list[float], slope: list[float], lo: int, hi:
         b1 += c * slope[i]
     c0, c1 = (f0 / op.peak, f1 / op.peak) if op.peak else (0.0, 0.0)
     m0, m1 = (b0 / op.bandwidth, b1 / op.bandwidth) if op.bandwidth else (0.0, 0.0)
+    if not (f0 or f1 or b0 or b1):
+        return 0.0  # the operator does not run in these iterations
     total = (hi - lo) * op.fixed
     if c1 == m1:
         return total + _sum_line(max(c0, m0), c1, lo, hi)

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 
-.PHONY: demo test bench lint install install-test clean
+.PHONY: demo test bench lint install install-test clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ install-test: $(VENV)/.test
 demo: $(VENV)/.core
 	$(BIN)/paretoserve estimate --model Meta-Llama-3.1-8B --hardware h100_sxm --batch 64 --prompt 1024 --context 2048
 
-test: $(VENV)/.test
+# Headless Chromium (Debian package) renders the HTML reports in the tests; installed when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the page-rendering test will be skipped"; }
+
+test: $(VENV)/.test chromium
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test

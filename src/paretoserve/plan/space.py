@@ -1,0 +1,247 @@
+"""The search space of deployment plans, and their enumeration with feasibility pruning."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from paretoserve.catalog.device import DeviceSpec, load_device
+from paretoserve.catalog.dtypes import normalize_dtype
+from paretoserve.catalog.model import ModelSpec
+from paretoserve.errors import UserError
+from paretoserve.perf.memory import kv_capacity
+from paretoserve.perf.roofline import check_parallelism
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """One engine instance's configuration: `tp × pp` devices of one kind and its batching knobs."""
+
+    device: str
+    tp: int = 1
+    pp: int = 1
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "bf16"
+    policy: str = "vllm"
+
+    @property
+    def devices(self) -> int:
+        """Devices one instance uses."""
+        return self.tp * self.pp
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A deployment plan: `replicas` aggregated engines behind `router`, or disaggregated pools
+    of `prefill_replicas` engines like `engine` with `prefill_tp` and `decode_replicas` with
+    `decode_tp`."""
+
+    engine: Engine
+    replicas: int = 1
+    router: str = "round_robin"
+    disagg: tuple[int, int, int, int] | None = None  # (prefill replicas, prefill tp, decode replicas, decode tp)
+
+    @property
+    def devices(self) -> int:
+        """Devices the whole plan uses."""
+        if self.disagg:
+            x, tp_p, y, tp_d = self.disagg
+            return (x * tp_p + y * tp_d) * self.engine.pp
+        return self.replicas * self.engine.devices
+
+    @property
+    def label(self) -> str:
+        """Short human-readable name, e.g. '4×h100_sxm tp2 dp2 fp8kv'."""
+        e = self.engine
+        if self.disagg:
+            x, tp_p, y, tp_d = self.disagg
+            shape = f"{x}P(tp{tp_p})+{y}D(tp{tp_d})"
+        else:
+            shape = f"tp{e.tp}" + (f" pp{e.pp}" if e.pp > 1 else "") + f" dp{self.replicas}"
+        extras = [f"seqs{e.max_num_seqs}", f"mbt{e.max_num_batched_tokens}"]
+        if e.weight_dtype != "bf16":
+            extras.append(f"w{e.weight_dtype}")
+        if e.kv_dtype != "bf16":
+            extras.append(f"kv{e.kv_dtype}")
+        if e.policy != "vllm":
+            extras.append(e.policy)
+        return f"{self.devices}×{e.device} {shape} " + " ".join(extras)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready description (the schema of plans.jsonl's `plan` field)."""
+        data: dict[str, object] = {**asdict(self.engine), "dp": self.replicas, "router": self.router,
+                                   "disagg": None}
+        if self.disagg:
+            x, tp_p, y, tp_d = self.disagg
+            data["disagg"] = {"prefill": {"replicas": x, "tp": tp_p}, "decode": {"replicas": y, "tp": tp_d}}
+        return data
+
+
+class SearchSpace(BaseModel):
+    """What the planner may choose from (YAML file or flags). Lists are alternatives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: list[str] = Field(min_length=1)
+    max_devices: int = Field(8, ge=1, description="GPU budget: devices a plan may use")
+    max_usd_per_hour: float | None = Field(None, gt=0, description="dollar budget per hour")
+    tp: list[int] = [1, 2, 4, 8]
+    pp: list[int] = [1]
+    max_num_seqs: list[int] = [256]
+    max_num_batched_tokens: list[int] = [8192]
+    weight_dtypes: list[str] = ["bf16"]
+    kv_dtypes: list[str] = ["bf16"]
+    policies: list[str] = ["vllm"]
+    router: str = "round_robin"
+    disagg: bool = True
+    max_pool_replicas: int = Field(4, ge=1, description="largest prefill or decode pool in xPyD plans")
+    gpu_memory_utilization: float = 0.9
+
+    @field_validator("weight_dtypes", "kv_dtypes")
+    @classmethod
+    def _dtypes(cls, values: list[str]) -> list[str]:
+        return [normalize_dtype(v) for v in values]
+
+    @field_validator("devices", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "policies")
+    @classmethod
+    def _non_empty(cls, values: list) -> list:
+        if not values:
+            raise ValueError("must list at least one option")
+        return values
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: object) -> SearchSpace:
+        """Load a YAML search space; flags given on the command line override its fields."""
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise UserError(f"cannot read search space: {exc.strerror}", file=str(path)) from None
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            raise UserError("not valid YAML", file=str(path), line=None if line is None else line + 1) from None
+        if not isinstance(raw, dict):
+            raise UserError("expected a mapping of search-space fields", file=str(path))
+        return cls.build({**raw, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+
+    @classmethod
+    def build(cls, fields: dict[str, object], *, source: str = "search space") -> SearchSpace:
+        """Validate fields into a SearchSpace; a bad field → one-line UserError naming it."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = ".".join(str(p) for p in err["loc"]) or "?"
+            raise UserError(f"{err['msg']}", file=source, field=name) from None
+
+
+@dataclass
+class Enumeration:
+    """Plans to evaluate, and what pruning removed (with the reason per kind)."""
+
+    plans: list[Plan] = field(default_factory=list)
+    pruned: dict[str, int] = field(default_factory=dict)
+    smallest_infeasible: tuple[Plan, str] | None = None
+
+    def prune(self, reason: str) -> None:
+        """Count one plan removed for `reason`."""
+        self.pruned[reason] = self.pruned.get(reason, 0) + 1
+
+
+def enumerate_plans(space: SearchSpace, model: ModelSpec) -> Enumeration:
+    """Every plan in `space` that fits the budget and memory, aggregated then disaggregated.
+
+    Aggregated plans are one replica each: their per-device figures do not change with the number
+    of replicas behind a router, which the rate mode of the planner chooses.
+    """
+    result = Enumeration()
+    devices = {name: load_device(name) for name in space.devices}
+    fits: dict[tuple, bool] = {}
+
+    def engine_fits(engine: Engine) -> bool:
+        key = (engine.device, engine.tp, engine.pp, engine.weight_dtype, engine.kv_dtype,
+               engine.max_num_batched_tokens, engine.max_num_seqs)
+        if key not in fits:
+            fits[key] = _fits(engine, devices[engine.device], model, space, result)
+        return fits[key]
+
+    for name, tp, pp, seqs, mbt, wdt, kdt, policy in itertools.product(
+            space.devices, space.tp, space.pp, space.max_num_seqs, space.max_num_batched_tokens,
+            space.weight_dtypes, space.kv_dtypes, space.policies):
+        engine = Engine(devices[name].name, tp, pp, seqs, mbt, wdt, kdt, policy)
+        if not _valid_parallelism(model, tp, pp, result):
+            continue
+        plan = Plan(engine, 1, space.router)
+        if not _within_budget(plan, devices[name], space, result):
+            continue
+        if engine_fits(engine):
+            result.plans.append(plan)
+    if space.disagg:
+        result.plans.extend(_disagg_plans(space, model, devices, engine_fits, result))
+    return result
+
+
+def _disagg_plans(space: SearchSpace, model: ModelSpec, devices: dict[str, DeviceSpec], engine_fits,
+                  result: Enumeration) -> Iterator[Plan]:
+    pool = range(1, space.max_pool_replicas + 1)
+    for name, pp, seqs, mbt, wdt, kdt in itertools.product(
+            space.devices, space.pp, space.max_num_seqs, space.max_num_batched_tokens,
+            space.weight_dtypes, space.kv_dtypes):
+        for tp_p, tp_d in itertools.product(space.tp, space.tp):
+            if not (_valid_parallelism(model, tp_p, pp, result) and _valid_parallelism(model, tp_d, pp, result)):
+                continue
+            prefill = Engine(devices[name].name, tp_p, pp, seqs, mbt, wdt, kdt, "vllm")
+            decode = Engine(devices[name].name, tp_d, pp, seqs, mbt, wdt, kdt, "vllm")
+            if not (engine_fits(prefill) and engine_fits(decode)):
+                continue
+            for x, y in itertools.product(pool, pool):
+                plan = Plan(prefill, 1, space.router, (x, tp_p, y, tp_d))
+                if _within_budget(plan, devices[name], space, result):
+                    yield plan
+
+
+def _valid_parallelism(model: ModelSpec, tp: int, pp: int, result: Enumeration) -> bool:
+    try:
+        check_parallelism(model, tp, pp)
+    except UserError:
+        result.prune("parallelism does not divide the model")
+        return False
+    return True
+
+
+def _within_budget(plan: Plan, device: DeviceSpec, space: SearchSpace, result: Enumeration) -> bool:
+    reason = None
+    if plan.devices > space.max_devices:
+        reason = "over the device budget"
+    elif space.max_usd_per_hour is not None and plan.devices * device.price_per_hour > space.max_usd_per_hour:
+        reason = "over the dollar budget"
+    if reason:
+        result.prune(reason)
+        if result.smallest_infeasible is None or plan.devices < result.smallest_infeasible[0].devices:
+            result.smallest_infeasible = (plan, reason)
+        return False
+    return True
+
+
+def _fits(engine: Engine, device: DeviceSpec, model: ModelSpec, space: SearchSpace,
+          result: Enumeration) -> bool:
+    try:
+        cap = kv_capacity(model, device, tp=engine.tp, pp=engine.pp,
+                          gpu_memory_utilization=space.gpu_memory_utilization,
+                          weight_dtype=engine.weight_dtype, kv_dtype=engine.kv_dtype,
+                          max_num_batched_tokens=engine.max_num_batched_tokens,
+                          max_num_seqs=engine.max_num_seqs)
+    except UserError:
+        result.prune("weights and runtime do not fit in memory")
+        return False
+    # At least one request of the model's full context must fit, as vLLM requires at start-up.
+    if cap.tokens < min(model.max_position_embeddings, 4096):
+        result.prune("KV cache below one 4k-token request")
+        return False
+    return True

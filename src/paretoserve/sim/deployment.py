@@ -1,0 +1,98 @@
+"""From a `SimulateConfig` to engine configurations: catalog facts, roofline step time, KV memory."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from paretoserve.catalog.device import DeviceSpec, load_device
+from paretoserve.catalog.model import ModelSpec, load_model
+from paretoserve.errors import UserError
+from paretoserve.perf.memory import kv_capacity
+from paretoserve.perf.roofline import Roofline
+from paretoserve.sim.config import DisaggConfig, EngineConfig
+from paretoserve.sim.run_config import SimulateConfig
+
+_DISAGG = re.compile(r"^\s*(\d+)\s*P\s*(\d+)\s*D\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What `simulate` needs, plus the derived figures worth writing to config.yaml.
+
+    Attributes:
+        model: the model.
+        device: the accelerator every replica runs on.
+        engine: the engine of each replica (None under disaggregation).
+        disagg: the disaggregated pools (None without).
+        replicas: data-parallel replicas (without disaggregation).
+        derived: KV capacity per replica, link figures, step-time model — for the record.
+    """
+
+    model: ModelSpec
+    device: DeviceSpec
+    engine: EngineConfig | None
+    disagg: DisaggConfig | None
+    replicas: int
+    derived: dict[str, object]
+
+
+def parse_disagg(text: str) -> tuple[int, int]:
+    """"2P1D" -> (2, 1): prefill and decode replica counts."""
+    match = _DISAGG.match(text)
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise UserError(f"disaggregation {text!r}: expected xPyD with x, y >= 1 (e.g. 2P1D)",
+                        field="disagg")
+    return int(match[1]), int(match[2])
+
+
+def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) -> EngineConfig:
+    """The engine of one replica on `tp` × `cfg.pp` devices."""
+    step = Roofline(model, device, tp=tp, pp=cfg.pp, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype)
+    kv = kv_capacity(model, device, tp=tp, pp=cfg.pp, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                     weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+                     max_num_batched_tokens=cfg.max_num_batched_tokens, max_num_seqs=cfg.max_num_seqs)
+    devices = tp * cfg.pp
+    return EngineConfig(
+        step_model=step, kv_tokens=cfg.kv_tokens or kv.tokens, block_size=cfg.block_size,
+        policy=cfg.policy, max_num_seqs=cfg.max_num_seqs,
+        max_num_batched_tokens=cfg.max_num_batched_tokens, prefix_caching=cfg.prefix_caching,
+        policy_options=dict(cfg.policy_options), kv_bytes_per_token=kv.bytes_per_token,
+        swap_bandwidth=device.pcie_bandwidth * devices, max_model_len=model.max_position_embeddings,
+        devices=devices)
+
+
+def _describe(engine: EngineConfig) -> dict[str, object]:
+    return {"devices": engine.devices, "kv_tokens": engine.num_blocks * engine.block_size,
+            "kv_bytes_per_token": engine.kv_bytes_per_token}
+
+
+def build_deployment(cfg: SimulateConfig) -> Deployment:
+    """Load the catalog entries and build the engines; UserError for impossible settings."""
+    model = load_model(cfg.model)
+    device = load_device(cfg.hardware)
+    derived: dict[str, object] = {"step_model": "roofline (datasheet peaks x default efficiencies)",
+                                  "max_model_len": model.max_position_embeddings}
+    if cfg.disagg is None:
+        if cfg.prefill_tp is not None or cfg.decode_tp is not None:
+            raise UserError("--prefill-tp/--decode-tp need --disagg xPyD", field="disagg")
+        engine = _engine(cfg, model, device, cfg.tp)
+        derived["replica"] = _describe(engine)
+        return Deployment(model, device, engine, None, cfg.replicas, derived)
+    if cfg.replicas != 1:
+        raise UserError("--replicas does not combine with --disagg; size the pools with xPyD",
+                        field="replicas")
+    x, y = parse_disagg(cfg.disagg)
+    prefill_tp, decode_tp = cfg.prefill_tp or cfg.tp, cfg.decode_tp or cfg.tp
+    prefill = _engine(cfg, model, device, prefill_tp)
+    decode = _engine(cfg, model, device, decode_tp)
+    same_node = (x * prefill_tp + y * decode_tp) * cfg.pp <= device.devices_per_node
+    per_device = device.intra_node_bandwidth if same_node else device.inter_node_bandwidth
+    # Each tensor-parallel rank sends its own KV shard over its own link.
+    bandwidth = per_device * min(prefill_tp, decode_tp)
+    latency = device.intra_node_latency if same_node else device.inter_node_latency
+    disagg = DisaggConfig(x, y, prefill, decode, kv_bytes_per_token=prefill.kv_bytes_per_token,
+                          link_bandwidth=bandwidth, link_latency=latency)
+    derived.update(prefill=_describe(prefill), decode=_describe(decode),
+                   kv_link={"same_node": same_node, "bandwidth": bandwidth, "latency": latency})
+    return Deployment(model, device, None, disagg, cfg.replicas, derived)

@@ -1,0 +1,34 @@
+"""Batching policies, one module each, chosen by name (`POLICIES`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from paretoserve.errors import UserError
+from paretoserve.sim.schedulers.base import Scheduler
+from paretoserve.sim.schedulers.lengthaware import LengthAwareScheduler
+from paretoserve.sim.schedulers.orca import OrcaScheduler
+from paretoserve.sim.schedulers.priority import PriorityScheduler
+from paretoserve.sim.schedulers.sarathi import SarathiScheduler
+from paretoserve.sim.schedulers.slo import SloScheduler
+from paretoserve.sim.schedulers.vllm import VllmScheduler
+
+if TYPE_CHECKING:
+    from paretoserve.sim.config import EngineConfig
+
+POLICIES: dict[str, type[Scheduler]] = {
+    cls.name: cls
+    for cls in (VllmScheduler, OrcaScheduler, SarathiScheduler, PriorityScheduler, SloScheduler,
+                LengthAwareScheduler)
+}
+
+
+def make_scheduler(config: EngineConfig) -> Scheduler:
+    """The policy named by `config.policy`; UserError listing the known ones otherwise."""
+    cls = POLICIES.get(config.policy)
+    if cls is None:
+        raise UserError(f"unknown policy '{config.policy}'; known policies: {', '.join(POLICIES)}")
+    return cls(config)
+
+
+__all__ = ["POLICIES", "Scheduler", "make_scheduler"]

@@ -1,5 +1,10 @@
-"""Imports every command module so that each registers itself on the Typer app (one line each)."""
+"""Imports every command module so that each registers itself on the Typer app."""
 
-from paretoserve.cli import catalog_cmd, estimate_cmd, report_cmd  # noqa: F401
-from paretoserve.cli import bench_cmd  # noqa: F401
-from paretoserve.cli import simulate_cmd  # noqa: F401
+from paretoserve.cli import (  # noqa: F401
+    bench_cmd,
+    catalog_cmd,
+    estimate_cmd,
+    plan_cmd,
+    report_cmd,
+    simulate_cmd,
+)

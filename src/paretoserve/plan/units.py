@@ -14,6 +14,8 @@ A plan's figures are assembled from units shared between plans (DistServe's deco
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import asdict, dataclass, replace
 
 from paretoserve.metrics.slo import Slo
@@ -85,6 +87,16 @@ class UnitContext:
     gpu_memory_utilization: float = 0.9
     rel_tol: float = 0.03
     max_evals: int = 14
+    min_span_s: float = 20.0
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything a unit's result depends on besides the unit (for resuming)."""
+        digest = hashlib.sha1(repr((self.model, str(self.slo), self.gpu_memory_utilization, self.rel_tol,
+                                    self.max_evals, self.min_span_s)).encode())
+        for r in self.requests:
+            digest.update(f"{r.arrival_s!r},{r.prompt_tokens},{r.output_tokens};".encode())
+        return digest.hexdigest()[:16]
 
 
 class DecodeOnly(StepTimeModel):
@@ -135,7 +147,7 @@ def evaluate_unit(unit: Unit, ctx: UnitContext) -> UnitResult:
     best: dict[str, object] = {}
 
     def attainment_at(rate: float) -> float:
-        trace = rescale(requests, rate=rate)
+        trace = cover_span(rescale(requests, rate=rate), ctx.min_span_s)
         run = _run_once(trace, engine, ctx.slo, checks, transfer, unit.kind == "decode")
         if run["attainment"] >= ctx.slo.attainment_target and rate >= float(best.get("rate", 0.0)):
             best.update(run, rate=rate, energy=energy_joules(run["stats"], device))
@@ -192,6 +204,21 @@ def _run_once(trace: list[Request], engine: EngineConfig, slo: Slo, checks: tupl
     if misses <= allowed_misses and not _stable(waits, slo.threshold_s("ttft") or 1.0):
         attainment = 0.0  # the queue keeps growing: a longer trace would miss the SLO
     return {"attainment": attainment, "summary": builder.finish(), "stats": sim.stats}
+
+
+def cover_span(trace: list[Request], min_span_s: float) -> list[Request]:
+    """Repeat a rescaled trace back to back until its arrivals span at least `min_span_s` seconds.
+
+    At high rates a short sample arrives in a burst that any engine absorbs before its queue shows
+    the overload; a long enough span lets a steady state form.
+    """
+    span = trace[-1].arrival_s - trace[0].arrival_s
+    if span >= min_span_s or len(trace) < 2:
+        return trace
+    period = span * len(trace) / (len(trace) - 1)  # keep the mean gap across the seam
+    copies = math.ceil(min_span_s / period)
+    return [replace(r, request_id=f"{r.request_id}~{c}", arrival_s=r.arrival_s + c * period)
+            for c in range(copies) for r in trace]
 
 
 def _stable(waits: list[tuple[float, float]], tolerance_s: float) -> bool:

@@ -67,6 +67,19 @@ def _describe(engine: EngineConfig) -> dict[str, object]:
             "kv_bytes_per_token": engine.kv_bytes_per_token}
 
 
+def kv_link(device: DeviceSpec, prefill_replicas: int, prefill_tp: int, decode_replicas: int,
+            decode_tp: int, pp: int) -> tuple[float, float, bool]:
+    """(bandwidth bytes/s, latency s, same node) of the prefill → decode KV transfer.
+
+    The pools share a node when all their devices fit in one; each tensor-parallel rank sends its
+    own KV shard over its own link, so the bandwidth scales with the smaller TP.
+    """
+    same_node = (prefill_replicas * prefill_tp + decode_replicas * decode_tp) * pp <= device.devices_per_node
+    per_device = device.intra_node_bandwidth if same_node else device.inter_node_bandwidth
+    latency = device.intra_node_latency if same_node else device.inter_node_latency
+    return per_device * min(prefill_tp, decode_tp), latency, same_node
+
+
 def build_deployment(cfg: SimulateConfig) -> Deployment:
     """Load the catalog entries and build the engines; UserError for impossible settings."""
     model = load_model(cfg.model)
@@ -86,11 +99,7 @@ def build_deployment(cfg: SimulateConfig) -> Deployment:
     prefill_tp, decode_tp = cfg.prefill_tp or cfg.tp, cfg.decode_tp or cfg.tp
     prefill = _engine(cfg, model, device, prefill_tp)
     decode = _engine(cfg, model, device, decode_tp)
-    same_node = (x * prefill_tp + y * decode_tp) * cfg.pp <= device.devices_per_node
-    per_device = device.intra_node_bandwidth if same_node else device.inter_node_bandwidth
-    # Each tensor-parallel rank sends its own KV shard over its own link.
-    bandwidth = per_device * min(prefill_tp, decode_tp)
-    latency = device.intra_node_latency if same_node else device.inter_node_latency
+    bandwidth, latency, same_node = kv_link(device, x, prefill_tp, y, decode_tp, cfg.pp)
     disagg = DisaggConfig(x, y, prefill, decode, kv_bytes_per_token=prefill.kv_bytes_per_token,
                           link_bandwidth=bandwidth, link_latency=latency)
     derived.update(prefill=_describe(prefill), decode=_describe(decode),

@@ -1,0 +1,115 @@
+"""`paretoserve plan`: search deployment plans, print the Pareto front, write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from paretoserve.cli.app import app, console
+from paretoserve.errors import UserError
+from paretoserve.metrics.slo import parse_slo
+from paretoserve.plan.api import PlanResult, plan
+from paretoserve.plan.space import SearchSpace
+
+
+def _ints(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} {text!r}: expected positive integers, e.g. 1,2,4")
+    return values
+
+
+def _words(text: str | None) -> list[str] | None:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
+@app.command("plan")
+def plan_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="Bundled model name or config.json path."),
+    trace: str = typer.Option("azure-conv", "--trace", help="Bundled trace name or trace file."),
+    slo: str = typer.Option("ttft_p90=2s,tpot_p90=100ms", "--slo", help="e.g. ttft_p90=1s,tpot_p90=60ms"),
+    gpus: str | None = typer.Option(None, "--gpus", help="Device types to consider, e.g. h100_sxm,l40s."),
+    budget: int | None = typer.Option(None, "--budget", help="Most devices a plan may use [default: 8]."),
+    budget_usd: float | None = typer.Option(None, "--budget-usd", help="Most dollars per hour a plan may cost."),
+    space_file: Path | None = typer.Option(None, "--space", help="YAML search space (flags override it)."),
+    tp: str | None = typer.Option(None, "--tp", help="TP sizes to try [default: 1,2,4,8]."),
+    pp: str | None = typer.Option(None, "--pp", help="PP sizes to try [default: 1]."),
+    max_num_seqs: str | None = typer.Option(None, "--max-num-seqs", help="e.g. 128,256"),
+    max_num_batched_tokens: str | None = typer.Option(None, "--max-num-batched-tokens", help="e.g. 2048,8192"),
+    weight_dtypes: str | None = typer.Option(None, "--weight-dtypes", help="e.g. bf16,fp8"),
+    kv_dtypes: str | None = typer.Option(None, "--kv-dtypes", help="e.g. bf16,fp8"),
+    policies: str | None = typer.Option(None, "--policies", help="Scheduler policies, e.g. vllm,sarathi"),
+    disagg: bool | None = typer.Option(None, "--disagg/--no-disagg", help="Also try prefill/decode pools."),
+    max_pool: int | None = typer.Option(None, "--max-pool", help="Largest prefill or decode pool [4]."),
+    rate: float | None = typer.Option(None, "--rate", help="Fixed request rate to serve at least cost "
+                                      "[default: each plan at its highest rate under the SLO]."),
+    objective: str = typer.Option("cost,ttft,tpot,energy", "--objective",
+                                  help="Objectives of the front: cost, ttft, tpot, energy, devices."),
+    requests: int = typer.Option(1000, "--requests", min=20, help="Requests of the trace to simulate."),
+    executor: str = typer.Option("local", "--executor", help="local (process pool), serial or ray."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel evaluations [CPU count]."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Address of a running Ray cluster."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Simulate the recommended plan whole."),
+    out: Path = typer.Option(Path("runs/plan"), "--out", "-o", help="Output folder."),
+) -> None:
+    """Search deployment plans: the Pareto front of cost, latency and energy, and a recommendation."""
+    overrides = {"devices": _words(gpus), "max_devices": budget, "max_usd_per_hour": budget_usd,
+                 "tp": _ints(tp, "--tp"), "pp": _ints(pp, "--pp"),
+                 "max_num_seqs": _ints(max_num_seqs, "--max-num-seqs"),
+                 "max_num_batched_tokens": _ints(max_num_batched_tokens, "--max-num-batched-tokens"),
+                 "weight_dtypes": _words(weight_dtypes), "kv_dtypes": _words(kv_dtypes),
+                 "policies": _words(policies), "disagg": disagg, "max_pool_replicas": max_pool}
+    if space_file is not None:
+        space = SearchSpace.from_yaml(space_file, **overrides)
+    else:
+        fields = {k: v for k, v in overrides.items() if v is not None}
+        fields.setdefault("devices", ["h100_sxm"])
+        space = SearchSpace.build(fields, source="flags")
+    with Progress(TextColumn("evaluating engines"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("units", total=None)
+        result = plan(model, trace=trace, slo=parse_slo(slo), space=space, out=out, requests=requests,
+                      rate=rate, objectives=tuple(_words(objective) or ()), executor=executor,
+                      workers=workers, ray_address=ray_address, verify=verify,
+                      progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _print(result)
+
+
+def _print(result: PlanResult) -> None:
+    outcome = result.outcome
+    table = Table(title=f"Pareto front ({len(outcome.front)} of {len(outcome.rows)} plans; "
+                  f"{outcome.units} engine evaluations) — estimated by simulation", title_justify="left")
+    for col in ("#", "plan", "devices", "req/s", "$/h", "$/M tok", "TTFT p90", "TPOT p90", "J/tok", ""):
+        table.add_column(col, justify="left" if col in ("plan", "") else "right")
+    for i, row in enumerate(outcome.front[:25], 1):
+        marks = " ".join(m for m, on in (("★ recommended", row["recommended"]), ("knee", row["knee"])) if on)
+        table.add_row(str(i), str(row["label"]), str(row["devices"]), f"{row['max_rate_rps']:.2f}",
+                      f"{row['usd_per_hour']:.2f}", f"{row['usd_per_million_tokens']:.3f}",
+                      _ms(row["ttft_p90_s"]), _ms(row["tpot_p90_s"]), f"{row['joules_per_token']:.2f}", marks)
+    console.print(table)
+    best = outcome.recommended
+    if best is None:
+        console.print("[yellow]No plan meets the SLO at any rate; relax the SLO or add faster devices.[/]")
+    else:
+        console.print(f"[bold]Recommended:[/] {best['label']}")
+        console.print(str(best["reason"]))
+        if result.verified:
+            v = result.verified
+            att = v["slo_attainment"]
+            console.print(f"Verified by simulating the whole plan at {v['rate_rps']:.2f} req/s: SLO attainment "
+                          f"{att:.1%}" if att is not None else "Verified run written", highlight=False)
+        console.print(f"reproduce: [cyan]{best['command']}[/]", soft_wrap=True)
+    console.print(f"report: {result.report}   front: {result.out_dir / 'front.csv'}   "
+                  f"plans: {result.out_dir / 'plans.jsonl'}", soft_wrap=True)
+
+
+def _ms(value: object) -> str:
+    return "—" if value is None else f"{float(value) * 1e3:.0f} ms"

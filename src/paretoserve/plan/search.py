@@ -1,0 +1,263 @@
+"""Plan search: enumerate plans, evaluate the units they need, assemble each plan's figures, and
+mark the Pareto front, the knee and the recommended plan."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from paretoserve.catalog.device import load_device
+from paretoserve.catalog.model import load_model
+from paretoserve.errors import UserError
+from paretoserve.metrics.slo import Slo
+from paretoserve.plan.executor import run_units
+from paretoserve.plan.pareto import knee_index, pareto_mask
+from paretoserve.plan.space import Enumeration, Plan, SearchSpace, enumerate_plans
+from paretoserve.plan.units import Unit, UnitContext, UnitResult
+from paretoserve.sim.deployment import kv_link
+from paretoserve.workload.request import Request
+
+#: Objective name → (plan-row field, label); all minimised.
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "cost": ("usd_per_million_tokens", "$ per million output tokens"),
+    "ttft": ("ttft_p90_s", "TTFT p90"),
+    "tpot": ("tpot_p90_s", "TPOT p90"),
+    "energy": ("joules_per_token", "joules per output token"),
+    "devices": ("devices", "devices"),
+}
+
+
+@dataclass
+class PlanSearch:
+    """Everything a search needs. `rate` None: capacity mode (each plan at the highest rate it
+    sustains under the SLO); a number: fixed-rate mode (size each plan for that rate, minimise cost)."""
+
+    model: str
+    trace: str
+    requests: list[Request]
+    slo: Slo
+    space: SearchSpace
+    rate: float | None = None
+    objectives: tuple[str, ...] = ("cost", "ttft", "tpot", "energy")
+    executor: str = "local"
+    workers: int | None = None
+    ray_address: str | None = None
+    resume_file: Path | None = None
+
+
+@dataclass
+class PlanOutcome:
+    """Rows for every evaluated plan (dicts in the schema of plans.jsonl) and what was pruned."""
+
+    rows: list[dict[str, object]]
+    enumeration: Enumeration
+    units: int
+    unit_results: dict[str, UnitResult] = field(default_factory=dict)
+
+    @property
+    def recommended(self) -> dict[str, object] | None:
+        """The recommended plan's row."""
+        return next((r for r in self.rows if r["recommended"]), None)
+
+    @property
+    def front(self) -> list[dict[str, object]]:
+        """Front rows, cheapest first."""
+        return sorted((r for r in self.rows if r["pareto"]), key=lambda r: r["usd_per_million_tokens"])
+
+
+def units_of(plan: Plan) -> list[Unit]:
+    """The evaluation units a plan's figures come from."""
+    if plan.disagg is None:
+        return [Unit("serve", plan.engine)]
+    x, tp_p, y, tp_d = plan.disagg
+    device = load_device(plan.engine.device)
+    bandwidth, latency, _ = kv_link(device, x, tp_p, y, tp_d, plan.engine.pp)
+    prefill = replace(plan.engine, tp=tp_p)
+    decode = replace(plan.engine, tp=tp_d)
+    return [Unit("prefill", prefill, (bandwidth, latency)), Unit("decode", decode)]
+
+
+def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None = None) -> PlanOutcome:
+    """Enumerate, evaluate and rank; UserError when nothing can be evaluated."""
+    for name in search.objectives:
+        if name not in OBJECTIVES:
+            raise UserError(f"unknown objective '{name}'; expected some of {', '.join(OBJECTIVES)}")
+    model = load_model(search.model)
+    enum = enumerate_plans(search.space, model)
+    if not enum.plans:
+        raise UserError(_nothing_fits(enum))
+    plan_units = {plan: units_of(plan) for plan in enum.plans}
+    unique = list({u.key: u for units in plan_units.values() for u in units}.values())
+    ctx = UnitContext(model=search.model, requests=tuple(search.requests), slo=search.slo,
+                      gpu_memory_utilization=search.space.gpu_memory_utilization)
+    done = [0]
+
+    def tick(_: UnitResult) -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], len(unique))
+
+    results = run_units(unique, ctx, executor=search.executor, workers=search.workers,
+                        ray_address=search.ray_address, resume_file=search.resume_file, on_result=tick)
+    rows = [row for plan in enum.plans
+            if (row := plan_row(plan, [results[u.key] for u in plan_units[plan]], search)) is not None]
+    if search.rate is not None:
+        rows = _dedupe(rows)
+        if not rows:
+            raise UserError(f"no plan serves {search.rate:g} req/s within the budget "
+                            f"({search.space.max_devices} devices"
+                            + (f", ${search.space.max_usd_per_hour:g}/h" if search.space.max_usd_per_hour else "")
+                            + ")" + _best_unbounded(enum, results, plan_units, search))
+    mark_front(rows, search.objectives)
+    return PlanOutcome(rows, enum, len(unique), results)
+
+
+def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> dict[str, object] | None:
+    """A plan's figures from its units; None when it cannot serve the fixed rate within budget."""
+    device = load_device(plan.engine.device)
+    if plan.disagg is None:
+        (serve,) = unit_results
+        per_replica = serve.capacity_rps
+        ttft, tpot, e2e = serve.ttft_p90_s, serve.tpot_p90_s, serve.e2e_p90_s
+        joules_per_request, out_per_request = serve.joules_per_request, serve.output_tokens_per_request
+        attainment = serve.attainment
+        if search.rate is not None and per_replica > 0:
+            plan = replace(plan, replicas=math.ceil(search.rate / per_replica))
+        capacity = per_replica * plan.replicas
+    else:
+        prefill, decode = unit_results
+        x, tp_p, y, tp_d = plan.disagg
+        if search.rate is not None and prefill.capacity_rps > 0 and decode.capacity_rps > 0:
+            x = math.ceil(search.rate / prefill.capacity_rps)
+            y = math.ceil(search.rate / decode.capacity_rps)
+            plan = replace(plan, disagg=(x, tp_p, y, tp_d))
+        capacity = min(x * prefill.capacity_rps, y * decode.capacity_rps)
+        ttft, tpot = prefill.ttft_p90_s, decode.tpot_p90_s
+        e2e = None if prefill.ttft_p90_s is None or decode.e2e_p90_s is None \
+            else prefill.ttft_p90_s + decode.e2e_p90_s
+        joules_per_request = prefill.joules_per_request + decode.joules_per_request
+        out_per_request = decode.output_tokens_per_request
+        attainment = min(prefill.attainment, decode.attainment)
+    usd_per_hour = plan.devices * device.price_per_hour
+    if search.rate is not None:
+        space = search.space
+        if capacity <= 0 or plan.devices > space.max_devices or (
+                space.max_usd_per_hour is not None and usd_per_hour > space.max_usd_per_hour):
+            return None
+    served = capacity if search.rate is None else min(capacity, search.rate)
+    tokens_per_s = served * out_per_request
+    feasible = capacity > 0
+    return {
+        "plan": plan.to_dict(),
+        "label": plan.label,
+        "devices": plan.devices,
+        "max_rate_rps": capacity,
+        "goodput_rps": served * attainment if feasible else 0.0,
+        "usd_per_hour": usd_per_hour,
+        "usd_per_million_tokens": usd_per_hour / (tokens_per_s * 3600) * 1e6 if tokens_per_s else math.inf,
+        "ttft_p90_s": ttft,
+        "tpot_p90_s": tpot,
+        "e2e_p90_s": e2e,
+        "joules_per_token": joules_per_request / out_per_request if out_per_request else math.inf,
+        "goodput_per_device": served * attainment / plan.devices if feasible else 0.0,
+        "goodput_per_usd_hour": served * attainment / usd_per_hour if feasible and usd_per_hour else 0.0,
+        "slo_attainment": attainment,
+        "feasible": feasible,
+        "pareto": False,
+        "knee": False,
+        "recommended": False,
+        "command": reproduce_command(search, plan, capacity if search.rate is None else search.rate),
+        "reason": "",
+        "estimated": True,
+    }
+
+
+def mark_front(rows: list[dict[str, object]], objectives: tuple[str, ...]) -> None:
+    """Set `pareto`, `knee` and `recommended` (the cheapest SLO-feasible plan), with its reasons."""
+    feasible = [r for r in rows if r["feasible"]]
+    if not feasible:
+        return
+    fields = [OBJECTIVES[name][0] for name in objectives]
+    points = [[float(r[f]) if r[f] is not None else math.inf for f in fields] for r in feasible]
+    for row, on_front in zip(feasible, pareto_mask(points), strict=True):
+        row["pareto"] = on_front
+    front = [r for r in feasible if r["pareto"]]
+    knee = knee_index([[float(r[f]) for f in fields] for r in front])
+    if knee is not None:
+        front[knee]["knee"] = True
+    best = min(feasible, key=lambda r: (r["usd_per_million_tokens"], r["devices"]))
+    best["recommended"] = True
+    best["reason"] = _reasons(best, feasible)
+
+
+def _reasons(best: dict[str, object], feasible: list[dict[str, object]]) -> str:
+    """Why the recommended plan: cost, latency at its rate, and the runner-up of the other kind."""
+    disagg = best["plan"]["disagg"] is not None  # type: ignore[index]
+    lines = [f"Cheapest of {len(feasible)} plans that meet the SLO: "
+             f"${best['usd_per_million_tokens']:.3f} per million output tokens at "
+             f"{best['max_rate_rps']:.2f} req/s on {best['devices']} devices."]
+    lines.append(f"TTFT p90 {_ms(best['ttft_p90_s'])}, TPOT p90 {_ms(best['tpot_p90_s'])}, "
+                 f"{best['joules_per_token']:.2f} J per output token (estimated by simulation).")
+    others = [r for r in feasible if (r["plan"]["disagg"] is not None) != disagg]  # type: ignore[index]
+    if others:
+        alt = min(others, key=lambda r: r["usd_per_million_tokens"])
+        kind = "aggregated" if disagg else "disaggregated"
+        ratio = alt["usd_per_million_tokens"] / best["usd_per_million_tokens"]
+        lines.append(f"The best {kind} plan ({alt['label']}) costs {ratio:.2f}× as much per token.")
+    return "\n".join(lines)
+
+
+def _ms(value: object) -> str:
+    return "n/a" if value is None else f"{float(value) * 1e3:.0f} ms"
+
+
+def reproduce_command(search: PlanSearch, plan: Plan, rate: float) -> str:
+    """The `paretoserve simulate` command that reproduces a plan's simulation at `rate` req/s."""
+    e = plan.engine
+    parts = ["paretoserve simulate", f"--model {search.model}", f"--hardware {e.device}"]
+    if plan.disagg:
+        x, tp_p, y, tp_d = plan.disagg
+        parts += [f"--disagg {x}P{y}D", f"--prefill-tp {tp_p}", f"--decode-tp {tp_d}"]
+    else:
+        parts += [f"--tp {e.tp}", f"--replicas {plan.replicas}", f"--router {plan.router}"]
+    if e.pp > 1:
+        parts.append(f"--pp {e.pp}")
+    parts += [f"--max-num-seqs {e.max_num_seqs}", f"--max-num-batched-tokens {e.max_num_batched_tokens}",
+              f"--weight-dtype {e.weight_dtype}", f"--kv-dtype {e.kv_dtype}", f"--policy {e.policy}",
+              f"--trace {search.trace}", f"--requests {len(search.requests)}", f"--rate {rate:.4g}",
+              f"--slo '{search.slo}'"]
+    return " ".join(p for p in parts if p)
+
+
+def _dedupe(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """In fixed-rate mode different pool sizes can scale to the same plan: keep one of each."""
+    seen: dict[str, dict[str, object]] = {}
+    for row in rows:
+        seen.setdefault(str(row["label"]), row)
+    return list(seen.values())
+
+
+def _nothing_fits(enum: Enumeration) -> str:
+    pruned = ", ".join(f"{n} {why}" for why, n in sorted(enum.pruned.items(), key=lambda kv: -kv[1]))
+    message = "no plan in the search space is feasible" + (f" ({pruned})" if pruned else " (empty search space)")
+    if enum.smallest_infeasible:
+        plan, reason = enum.smallest_infeasible
+        message += f"; the smallest plan that fits in memory, {plan.label}, is {reason}: it needs " \
+                   f"{plan.devices} devices"
+    return message
+
+
+def _best_unbounded(enum: Enumeration, results: dict[str, UnitResult], plan_units: dict[Plan, list[Unit]],
+                    search: PlanSearch) -> str:
+    """Suffix naming the cheapest plan that would serve the rate if the budget allowed."""
+    unbounded = replace(search, space=search.space.model_copy(update={"max_devices": 10**6,
+                                                                       "max_usd_per_hour": None}))
+    rows = [row for plan in enum.plans
+            if (row := plan_row(plan, [results[u.key] for u in plan_units[plan]], unbounded)) is not None]
+    if not rows:
+        return "; no plan meets the SLO at any size — relax the SLO or add faster devices"
+    best = min(rows, key=lambda r: r["usd_per_hour"])
+    return (f"; the cheapest that would is {best['label']} at ${best['usd_per_hour']:.2f}/h — it needs "
+            f"{best['devices']} devices")

@@ -45,6 +45,7 @@ class PlanSearch:
     workers: int | None = None
     ray_address: str | None = None
     resume_file: Path | None = None
+    min_span_s: float = 20.0
 
 
 @dataclass
@@ -91,7 +92,7 @@ def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None =
     plan_units = {plan: units_of(plan) for plan in enum.plans}
     unique = list({u.key: u for units in plan_units.values() for u in units}.values())
     ctx = UnitContext(model=search.model, requests=tuple(search.requests), slo=search.slo,
-                      gpu_memory_utilization=search.space.gpu_memory_utilization)
+                      gpu_memory_utilization=search.space.gpu_memory_utilization, min_span_s=search.min_span_s)
     done = [0]
 
     def tick(_: UnitResult) -> None:

@@ -180,7 +180,7 @@ def _run_once(trace: list[Request], engine: EngineConfig, slo: Slo, checks: tupl
                    kv_bytes_per_token=engine.kv_bytes_per_token, max_model_len=engine.max_model_len,
                    devices=engine.devices, on_itl=builder.add_itl)
     thresholds = {m: slo.threshold_s(m) for m in checks}
-    allowed_misses = (1.0 - slo.attainment_target) * len(trace)
+    allowed_misses = math.floor((1.0 - slo.attainment_target) * len(trace) + 1e-9)
     ok = misses = 0
     waits: list[tuple[float, float]] = []
     for record in sim:

@@ -1,0 +1,181 @@
+"""Plan search end to end: the aggregated-vs-disaggregated choice follows from simulated goodput,
+resume, Ray, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+from typer.testing import CliRunner
+
+from paretoserve.catalog.device import load_device
+from paretoserve.catalog.model import load_model
+from paretoserve.cli import commands  # noqa: F401  (registers the commands)
+from paretoserve.cli.app import app, console
+from paretoserve.errors import UserError
+from paretoserve.metrics.slo import parse_slo
+from paretoserve.perf.memory import kv_capacity
+from paretoserve.perf.roofline import Roofline
+from paretoserve.plan.capacity import max_rate_under_slo
+from paretoserve.plan.executor import run_units
+from paretoserve.plan.search import PlanSearch, run_search, units_of
+from paretoserve.plan.space import SearchSpace, enumerate_plans
+from paretoserve.plan.units import UnitContext, cover_span
+from paretoserve.sim.api import simulate
+from paretoserve.sim.config import DisaggConfig, EngineConfig
+from paretoserve.sim.deployment import kv_link
+from paretoserve.workload.synthetic import build_workload, rescale
+
+MODEL, DEVICE = "Meta-Llama-3.1-8B", "h100_sxm"
+
+
+def _engine() -> EngineConfig:
+    model, device = load_model(MODEL), load_device(DEVICE)
+    cap = kv_capacity(model, device)
+    return EngineConfig(step_model=Roofline(model, device), kv_tokens=cap.tokens,
+                        kv_bytes_per_token=cap.bytes_per_token, max_model_len=model.max_position_embeddings)
+
+
+def _full_cluster_capacity(requests, slo, disagg: bool) -> float:
+    """Highest rate at which a whole 2-device cluster meets the SLO, by full simulation (no unit
+    decomposition): 2 aggregated replicas behind round robin, or 1 prefill + 1 decode replica."""
+    engine = _engine()
+    bandwidth, latency, _ = kv_link(load_device(DEVICE), 1, 1, 1, 1, 1)
+
+    def attainment(rate: float) -> float:
+        trace = cover_span(rescale(requests, rate=rate), 20.0)
+        if disagg:
+            cfg = DisaggConfig(1, 1, engine, engine, engine.kv_bytes_per_token, bandwidth, latency)
+            records = list(simulate(trace, disagg=cfg))
+        else:
+            records = list(simulate(trace, step_model=engine.step_model, kv_tokens=engine.kv_tokens,
+                                    replicas=2, kv_bytes_per_token=engine.kv_bytes_per_token))
+        return sum(slo.request_ok(r) for r in records) / len(trace)
+
+    return max_rate_under_slo(attainment, target=slo.attainment_target, low=0.05, high=0.5, rel_tol=0.05).rate_rps
+
+
+@pytest.mark.parametrize("traffic", ["prompt-heavy", "decode-heavy"])
+def test_choice_between_aggregated_and_disaggregated_follows_simulated_goodput(traffic):
+    if traffic == "prompt-heavy":  # long prompts, a few output tokens, tight TTFT
+        requests = build_workload(None, arrival="poisson", rate=1.0, requests=120, prompt="uniform:3000:6000",
+                                  output="uniform:2:8", seed=1)
+        slo = parse_slo("ttft_p90=500ms,tpot_p90=200ms")
+    else:  # long outputs after mid-size prompts, tight TPOT: prefill chunks would stall decodes
+        requests = build_workload(None, arrival="poisson", rate=1.0, requests=120, prompt="uniform:1000:2000",
+                                  output="uniform:200:400", seed=1)
+        slo = parse_slo("ttft_p90=3s,tpot_p90=25ms")
+    # Same device count on both sides: 2 aggregated replicas, or one prefill + one decode replica.
+    space = SearchSpace(devices=[DEVICE], tp=[1], max_devices=2, max_pool_replicas=1)
+    outcome = run_search(PlanSearch(MODEL, "synthetic", requests, slo, space, rate=None, executor="serial"))
+    by_kind = {("disagg" if r["plan"]["disagg"] else "agg"): r for r in outcome.rows}
+    planner_prefers_disagg = (by_kind["disagg"]["goodput_per_device"] > by_kind["agg"]["goodput_per_device"])
+    recommended = outcome.recommended
+    assert recommended is not None
+    assert (recommended["plan"]["disagg"] is not None) == planner_prefers_disagg
+
+    # Whole-cluster simulation (no decomposition) agrees on the winner. Both traffics were chosen so
+    # it is clear (> 15% apart): aggregated wins the prompt-heavy case (pools idle on decode),
+    # disaggregated the decode-heavy one.
+    agg = _full_cluster_capacity(requests, slo, disagg=False)
+    disagg = _full_cluster_capacity(requests, slo, disagg=True)
+    assert max(agg, disagg) > 1.15 * min(agg, disagg), (agg, disagg)
+    assert planner_prefers_disagg == (disagg > agg), (traffic, agg, disagg, by_kind)
+
+
+def test_resume_reuses_every_unit(tmp_path):
+    requests = build_workload("azure-conv", requests=60)
+    space = SearchSpace(devices=[DEVICE, "a100_sxm"], tp=[1, 2], max_devices=4, max_pool_replicas=1)
+    search = PlanSearch(MODEL, "azure-conv", requests, parse_slo("ttft_p90=2s,tpot_p90=100ms"), space,
+                        executor="serial", resume_file=tmp_path / "evaluations.jsonl", min_span_s=5.0)
+    first = run_search(search)
+    lines = (tmp_path / "evaluations.jsonl").read_text().splitlines()
+    assert len(lines) == first.units
+    second = run_search(search)
+    assert (tmp_path / "evaluations.jsonl").read_text().splitlines() == lines  # nothing re-evaluated
+    assert [r["label"] for r in first.rows] == [r["label"] for r in second.rows]
+    assert [r["max_rate_rps"] for r in first.rows] == [r["max_rate_rps"] for r in second.rows]
+
+
+@pytest.fixture
+def ray_env(monkeypatch):
+    """A local Ray instance without token auth, writing under a short temporary folder (Unix socket
+    paths are limited to 107 bytes, which pytest's tmp_path can exceed)."""
+    pytest.importorskip("ray")
+    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    monkeypatch.setenv("TMPDIR", folder)
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_ray_executor_gives_the_same_results_as_serial(ray_env):
+    requests = build_workload("azure-conv", requests=40)
+    space = SearchSpace(devices=[DEVICE], tp=[1, 2], max_devices=2, disagg=False)
+    units = [u for plan in enumerate_plans(space, load_model(MODEL)).plans for u in units_of(plan)]
+    ctx = UnitContext(MODEL, tuple(requests), parse_slo("ttft_p90=2s,tpot_p90=100ms"), min_span_s=5.0)
+    serial = run_units(units, ctx, executor="serial")
+    with_ray = run_units(units, ctx, executor="ray", workers=2)
+    assert serial == with_ray
+
+
+def test_fixed_rate_mode_sizes_replicas_to_the_rate():
+    requests = build_workload("azure-conv", requests=80)
+    space = SearchSpace(devices=[DEVICE], tp=[1], max_devices=16, disagg=False)
+    slo = parse_slo("ttft_p90=2s,tpot_p90=100ms")
+    capacity = run_search(PlanSearch(MODEL, "azure-conv", requests, slo, space, executor="serial",
+                                     min_span_s=5.0)).rows[0]["max_rate_rps"]
+    rate = 2.5 * capacity
+    row = run_search(PlanSearch(MODEL, "azure-conv", requests, slo, space, rate=rate, executor="serial",
+                                min_span_s=5.0)).rows[0]
+    assert row["plan"]["dp"] == 3  # ceil(2.5)
+    assert row["max_rate_rps"] >= rate
+
+
+def test_budget_no_plan_fits_names_the_cheapest_that_would():
+    requests = build_workload("azure-conv", requests=40)
+    space = SearchSpace(devices=["l40s"], tp=[1, 2, 4, 8], max_devices=1, disagg=False)
+    with pytest.raises(UserError, match=r"no plan .* feasible.*smallest plan that fits in memory.*needs 2 devices"):
+        run_search(PlanSearch("Meta-Llama-3.1-70B", "azure-conv", requests, parse_slo("ttft_p90=2s"), space))
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    monkeypatch.setattr(console, "width", 250)
+
+
+def test_plan_cli_writes_front_plans_and_report(tmp_path, wide):
+    out = tmp_path / "plan"
+    result = CliRunner().invoke(app, [
+        "plan", "--model", MODEL, "--trace", "azure-conv", "--requests", "60", "--slo", "ttft_p90=2s,tpot_p90=100ms",
+        "--gpus", "h100_sxm,l40s", "--budget", "2", "--tp", "1,2", "--max-pool", "1", "--executor", "serial",
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Recommended:" in result.output and "report:" in result.output
+    rows = [json.loads(line) for line in (out / "plans.jsonl").read_text().splitlines()]
+    front = (out / "front.csv").read_text().splitlines()
+    assert len(front) - 1 == sum(r["pareto"] for r in rows)
+    assert sum(r["recommended"] for r in rows) == 1
+    recommended = next(r for r in rows if r["recommended"])
+    assert recommended["command"].startswith("paretoserve simulate")
+    assert (out / "recommended" / "requests.jsonl").exists()
+    assert os.path.getsize(out / "report.html") > 100_000
+
+
+def test_plan_cli_bad_inputs_are_one_line_errors(tmp_path):
+    runner = CliRunner()
+    for args, message in [
+        (["--slo", "ttft=fast"], "SLO"),
+        (["--gpus", "h900"], "unknown hardware"),
+        (["--tp", "two"], "comma-separated integers"),
+        (["--objective", "speed"], "unknown objective"),
+    ]:
+        result = runner.invoke(app, ["plan", "--model", MODEL, "--requests", "30", "--out", str(tmp_path / "p"),
+                                     *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message.lower() in result.output.lower(), (args, result.output)
+        assert "Traceback" not in result.output

@@ -24,15 +24,15 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.core
 install-test: $(VENV)/.test
 
-# The main job on the bundled example: Llama-3.1-8B on one H100, Azure conversation trace.
+# The main job on the bundled example: plan Llama-3.1-8B for the Azure conversation trace under an
+# SLO on three GPU types (aggregated and disaggregated plans); also one roofline estimate and one
+# simulation. Opens nothing; prints where the report is.
 demo: $(VENV)/.core
 	$(BIN)/paretoserve estimate --model Meta-Llama-3.1-8B --hardware h100_sxm --batch 64 --prompt 1024 --context 2048
-
-# Headless Chromium (Debian package) renders the HTML reports in the tests; installed when missing.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
-	  echo "chromium not installed: the page-rendering test will be skipped"; }
+	$(BIN)/paretoserve simulate --model Meta-Llama-3.1-8B --hardware h100_sxm --trace azure-conv --rate-scale 4 \
+	  --requests 2000 --slo ttft_p90=1s,tpot_p90=60ms --out runs/demo-simulate
+	$(BIN)/paretoserve plan --model Meta-Llama-3.1-8B --trace azure-conv --slo ttft_p90=1s,tpot_p90=60ms \
+	  --gpus h100_sxm,a100_sxm,l40s --budget 8 --requests 400 --max-pool 2 --out runs/demo-plan
 
 test: $(VENV)/.test chromium
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q

@@ -38,7 +38,7 @@ def _fmt(value: object) -> str:
 
 
 def main(argv: list[str]) -> int:
-    console = Console()
+    console = Console(width=max(150, Console().width))
     modules = sorted(HERE.glob("bench_*.py"))
     if argv:
         modules = [m for m in modules if any(a in m.stem for a in argv)]

@@ -84,6 +84,13 @@ class RunWriter:
         if self.records_written % self.flush_every == 0:
             self._handle.flush()
 
+    def open_extra(self, name: str) -> TextIO:
+        """Open another text file of the run (e.g. iterations.csv) in the folder being written; it
+        moves into place with the rest. The caller closes it before `finish`."""
+        if self._tmp is None:
+            raise RuntimeError("RunWriter.open_extra() outside its with-block or after finish()")
+        return open(self._tmp / name, "w", encoding="utf-8")
+
     def finish(self, summary: Summary | None = None) -> Path:
         """Write summary.json and config.yaml and move the folder into place; returns its path.
 

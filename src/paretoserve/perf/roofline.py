@@ -102,7 +102,7 @@ class Roofline(StepTimeModel):
         self.moe_experts = moe[0].num_experts if moe else 0
         self.moe_top_k = moe[0].top_k if moe else 0
         self.ops = self._build_ops()
-        self._cache: dict[tuple[int, ...], float] = {}
+        self._lines: dict[int, tuple[float, tuple[tuple[float, float, float, float], ...]]] = {}
 
     # ------------------------------------------------------------------ public interface
     def step_time(self, shape: StepShape) -> StepTime:
@@ -130,24 +130,53 @@ class Roofline(StepTimeModel):
     def decode_seconds(self, n: int, context_sum: int) -> float:
         if n <= 0:
             return 0.0
-        key = (n, context_sum)
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = self._evaluate(self._decode_aggregates(n, context_sum))
-            if len(self._cache) > 200_000:
-                self._cache.clear()
-            self._cache[key] = cached
-        return cached
+        if self.window:
+            return self._evaluate(self._decode_aggregates(n, context_sum))
+        fixed, lines = self._decode_lines(n)
+        total = fixed
+        for c0, c1, m0, m1 in lines:
+            c = c0 + c1 * context_sum
+            m = m0 + m1 * context_sum
+            total += c if c > m else m
+        return total
 
     def decode_run_seconds(self, n: int, context_sum: int, k: int) -> float:
         """Closed-form sum of k decode iterations (exact for this piecewise-linear model)."""
         if k <= 0 or n <= 0:
             return 0.0
+        if not self.window:
+            fixed, lines = self._decode_lines(n)
+            total = k * fixed
+            step = float(n)  # the context sum grows by n per iteration
+            for c0, c1, m0, m1 in lines:
+                total += _sum_max(c0 + c1 * context_sum, c1 * step, m0 + m1 * context_sum, m1 * step, 0, k)
+            return total
         total = k * self.eff.step_overhead_s
         for lo, hi, start, slope in self._decode_segments(n, context_sum, k):
             for op in self.ops:
                 total += op.layers * _sum_max_lines(op, start, slope, lo, hi)
         return total
+
+    def _decode_lines(self, n: int) -> tuple[float, tuple[tuple[float, float, float, float], ...]]:
+        """For `n` decoding sequences without sliding windows: the fixed seconds of a step and, per
+        operator that runs, its compute and memory seconds as lines in the context sum S:
+        (c0, c1, m0, m1) with time = max(c0 + c1 S, m0 + m1 S). Cached per n."""
+        cached = self._lines.get(n)
+        if cached is not None:
+            return cached
+        start = self._decode_aggregates(n, 0)
+        slope = [0.0] * N_AGG
+        slope[DEC_KV] = 1.0
+        fixed = self.eff.step_overhead_s
+        lines = []
+        for op in self.ops:
+            c0, c1, m0, m1 = _op_lines(op, start, slope)
+            if c0 or c1 or m0 or m1:
+                fixed += op.layers * op.fixed
+                lines.append((op.layers * c0, op.layers * c1, op.layers * m0, op.layers * m1))
+        cached = (fixed, tuple(lines))
+        self._lines[n] = cached
+        return cached
 
     def _decode_segments(self, n: int, context_sum: int, k: int):
         """Iteration ranges [lo, hi) over which the aggregates are start + slope × i."""
@@ -323,8 +352,9 @@ class Roofline(StepTimeModel):
             add("tp.allreduce", count * reduces, 0.0, link_bw, fixed, {}, 0.0, {TOKENS: h * ab}, "comm")
 
 
-def _sum_max_lines(op: _Op, start: list[float], slope: list[float], lo: int, hi: int) -> float:
-    """Σ_{i=lo}^{hi-1} fixed + max(flops(i)/peak, bytes(i)/bw) for aggregates start + slope × i."""
+def _op_lines(op: _Op, start: list[float], slope: list[float]) -> tuple[float, float, float, float]:
+    """(c0, c1, m0, m1): an operator's compute and memory seconds (one layer, no fixed cost) for
+    aggregates start + slope × x, as lines c0 + c1 x and m0 + m1 x."""
     f0 = f1 = 0.0
     for i, c in op.flops:
         f0 += c * start[i]
@@ -335,16 +365,26 @@ def _sum_max_lines(op: _Op, start: list[float], slope: list[float], lo: int, hi:
         b1 += c * slope[i]
     c0, c1 = (f0 / op.peak, f1 / op.peak) if op.peak else (0.0, 0.0)
     m0, m1 = (b0 / op.bandwidth, b1 / op.bandwidth) if op.bandwidth else (0.0, 0.0)
-    if not (f0 or f1 or b0 or b1):
+    return c0, c1, m0, m1
+
+
+def _sum_max_lines(op: _Op, start: list[float], slope: list[float], lo: int, hi: int) -> float:
+    """Σ_{i=lo}^{hi-1} fixed + max(flops(i)/peak, bytes(i)/bw) for aggregates start + slope × i."""
+    c0, c1, m0, m1 = _op_lines(op, start, slope)
+    if not (c0 or c1 or m0 or m1):
         return 0.0  # the operator does not run in these iterations
-    total = (hi - lo) * op.fixed
+    return (hi - lo) * op.fixed + _sum_max(c0, c1, m0, m1, lo, hi)
+
+
+def _sum_max(c0: float, c1: float, m0: float, m1: float, lo: int, hi: int) -> float:
+    """Σ_{i=lo}^{hi-1} max(c0 + c1 i, m0 + m1 i), exactly."""
     if c1 == m1:
-        return total + _sum_line(max(c0, m0), c1, lo, hi)
+        return _sum_line(max(c0, m0), c1, lo, hi)
     # The lines cross once; left of the crossing the one with the smaller slope is larger.
     cross = (m0 - c0) / (c1 - m1)
     split = min(hi, max(lo, math.floor(cross) + 1))
     (l0, l1), (r0, r1) = ((m0, m1), (c0, c1)) if c1 > m1 else ((c0, c1), (m0, m1))
-    return total + _sum_line(l0, l1, lo, split) + _sum_line(r0, r1, split, hi)
+    return _sum_line(l0, l1, lo, split) + _sum_line(r0, r1, split, hi)
 
 
 def _sum_line(a: float, b: float, lo: int, hi: int) -> float:

@@ -100,8 +100,7 @@ def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
     with RunWriter(out_dir, record_config, keep_partial=False, flush_every=4096, slo=slo,
                    estimated=True) as writer:
         if config.iteration_trace:
-            # RunWriter has no public hook for extra files yet: write into its temporary folder.
-            handle = open(writer._tmp / ITERATIONS_FILE, "w", encoding="utf-8")  # type: ignore[operator]
+            handle = writer.open_extra(ITERATIONS_FILE)
             handle.write(IterationRow.csv_header() + "\n")
             trace_file.append(handle)
         try:

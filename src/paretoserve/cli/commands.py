@@ -2,9 +2,12 @@
 
 from paretoserve.cli import (  # noqa: F401
     bench_cmd,
+    calibrate_cmd,
     catalog_cmd,
     estimate_cmd,
     plan_cmd,
+    profile_cmd,
     report_cmd,
     simulate_cmd,
+    validate_cmd,
 )

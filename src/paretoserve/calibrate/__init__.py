@@ -1,0 +1,176 @@
+"""Calibration: fit the latency model to measurements (DESIGN §2, issue 5).
+
+- `kernel_tables` reads measured kernel tables (GEMM, attention, all-reduce);
+- `kernel_fit` turns them into per-kernel efficiency grids (interpolated in log-shape space);
+- `transfer` moves a profiled device's curves to a new device from a few measured points;
+- `profile` reads and writes profile files, which `paretoserve.perf.calibrated.load_step_model`
+  turns into a `Calibrated` step-time model.
+
+The functions here are the library entry points the CLI calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # imported lazily: perf.calibrated imports this package's kernel_fit
+    from paretoserve.calibrate.kernel_fit import KernelFit
+    from paretoserve.calibrate.kernel_tables import KernelTable
+    from paretoserve.calibrate.profile import Profile
+    from paretoserve.catalog.device import DeviceSpec
+
+_LAZY = {
+    "KernelFit": "paretoserve.calibrate.kernel_fit", "KernelTable": "paretoserve.calibrate.kernel_tables",
+    "find_kernel_tables": "paretoserve.calibrate.kernel_tables",
+    "load_kernel_table": "paretoserve.calibrate.kernel_tables", "Profile": "paretoserve.calibrate.profile",
+    "load_profile": "paretoserve.calibrate.profile", "save_profile": "paretoserve.calibrate.profile",
+    "TransferMap": "paretoserve.calibrate.transfer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy access to the submodules' main names (avoids an import cycle with perf.calibrated)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "KernelFit", "KernelTable", "Profile", "TransferMap", "calibrate_kernels", "find_kernel_tables",
+    "fit_quality", "load_kernel_table", "load_profile", "save_profile", "transfer_profile",
+]
+
+
+def _device(device: str | DeviceSpec | None, tables: Mapping[str, KernelTable]) -> DeviceSpec:
+    """`device`, or the catalog device the tables record when it is None."""
+    from paretoserve.catalog.device import load_device
+    from paretoserve.errors import UserError
+
+    if device is not None:
+        return load_device(device) if isinstance(device, str) else device
+    recorded = sorted({t.device for t in tables.values() if t.device})
+    for name in recorded:
+        try:
+            return load_device(name)
+        except UserError:
+            continue
+    what = f"records '{recorded[0]}', not a catalog device" if recorded else "records no device"
+    raise UserError(f"the kernel tables' device column {what}; pass --device (a catalog name or a "
+                    "device YAML)")
+
+
+def _engine(tables: Mapping[str, KernelTable]) -> tuple[str, str]:
+    for kind in ("gemm", "context_attention", "generation_attention"):
+        if kind in tables and tables[kind].framework:
+            return tables[kind].framework, tables[kind].version
+    return "", ""
+
+
+def fit_quality(tables: Mapping[str, KernelTable], device: DeviceSpec) -> dict[str, dict[str, float]]:
+    """Leave-one-out error of the fit per kernel kind, and the datasheet roofline's (fractions)."""
+    from paretoserve.calibrate.kernel_fit import ape_summary, datasheet_seconds, leave_one_out
+
+    out = {}
+    for kind, table in tables.items():
+        s = ape_summary(leave_one_out(table, device), table.latency_s)
+        b = ape_summary(datasheet_seconds(table, device), table.latency_s)
+        out[kind] = {"points": s["points"], "loo_median": round(s["median"], 5),
+                     "loo_p90": round(s["p90"], 5), "datasheet_median": round(b["median"], 5),
+                     "datasheet_p90": round(b["p90"], 5)}
+    return out
+
+
+def calibrate_kernels(directory: str | os.PathLike[str], device: str | DeviceSpec | None = None, *,
+                      version: str | None = None, framework: str = "vllm",
+                      quality: bool = True) -> Profile:
+    """Fit a "kernels" profile from the kernel tables under `directory` (see `find_kernel_tables`).
+
+    With `quality`, leave-one-out errors per kernel kind (and the datasheet roofline's error, the
+    baseline) are stored in `Profile.fit`. `device` defaults to the one the tables record; a table
+    recording a different device than `device` is a `UserError`.
+    """
+    from paretoserve.calibrate.kernel_fit import check_device, fit_tables
+    from paretoserve.calibrate.kernel_tables import find_kernel_tables
+    from paretoserve.calibrate.profile import Profile
+
+    tables = find_kernel_tables(directory, framework=framework, version=version)
+    dev = _device(device, tables)
+    check_device(tables, dev)
+    engine, engine_version = _engine(tables)
+    fits = fit_tables(tables, dev)
+    sources = ", ".join(str(Path(t.source)) for t in tables.values())
+    return Profile(device=dev.name, kind="kernels", engine=engine, engine_version=engine_version,
+                   source=sources, kernels=fits, fit=fit_quality(tables, dev) if quality else {})
+
+
+def transfer_profile(reference: Profile, directory: str | os.PathLike[str],
+                     device: str | DeviceSpec | None = None, *,
+                     points: int = 10, seed: int = 0, version: str | None = None,
+                     framework: str = "vllm") -> Profile:
+    """A "transfer" profile for `device` from a reference profile and ≤ `points` of its measurements.
+
+    The measured tables under `directory` supply the points (chosen by `transfer.select_points`);
+    all their other rows measure the result: `Profile.fit[kind]` holds the held-out median and p90
+    error of the transfer and, as the baseline, of the datasheet roofline with default efficiencies.
+    """
+    from paretoserve.calibrate.kernel_fit import ape_summary, check_device, datasheet_seconds
+    from paretoserve.calibrate.kernel_tables import find_kernel_tables
+    from paretoserve.calibrate.profile import Profile
+    from paretoserve.calibrate.transfer import TRANSFER_KINDS, fit_transfer, select_points, transfer_fits
+    from paretoserve.errors import UserError
+
+    tables = find_kernel_tables(directory, framework=framework, version=version)
+    dev = _device(device, tables)
+    if reference.device == dev.name:
+        raise UserError(f"the reference profile is already for {dev.name}; transfer needs another device's")
+    if not reference.kernels:
+        raise UserError("the reference profile has no kernel fits to transfer (make one with "
+                        "`paretoserve calibrate --kernels`)")
+    check_device(tables, dev)
+    chosen = select_points(tables, reference.kernels, total=points, seed=seed)
+    mapping = fit_transfer(reference.kernels, tables, dev, chosen)
+    fits = transfer_fits(reference.kernels, mapping)
+    quality: dict[str, dict[str, float]] = {}
+    for kind in TRANSFER_KINDS:
+        if kind not in tables or kind not in fits:
+            continue
+        table = tables[kind]
+        held = np.ones(len(table), dtype=bool)
+        held[chosen.get(kind, np.zeros(0, dtype=np.int64))] = False
+        sub = table.subset(held)
+        pred = predict_seconds(fits[kind], sub, dev)
+        base = datasheet_seconds(sub, dev)
+        s, b = ape_summary(pred, sub.latency_s), ape_summary(base, sub.latency_s)
+        quality[kind] = {"points_used": int(len(chosen.get(kind, ()))), "heldout_points": s["points"],
+                         "heldout_median": round(s["median"], 5), "heldout_p90": round(s["p90"], 5),
+                         "datasheet_median": round(b["median"], 5), "datasheet_p90": round(b["p90"], 5)}
+    engine, engine_version = _engine(tables)
+    ref_engine = f"{reference.engine} {reference.engine_version}".strip()
+    info = {"reference": reference.device, "reference_engine": ref_engine, "seed": seed, **mapping.to_dict(),
+            "rows": {k: [int(i) for i in v] for k, v in chosen.items()}}
+    return Profile(device=dev.name, kind="transfer", engine=engine or reference.engine,
+                   engine_version=engine_version or reference.engine_version,
+                   source=f"{reference.device} profile + {sum(len(v) for v in chosen.values())} measured "
+                          f"points from {directory}", kernels=fits, fit=quality, transfer=info)
+
+
+def predict_seconds(fit: KernelFit, table: KernelTable, device: DeviceSpec) -> np.ndarray:
+    """Fitted seconds of every row of `table`."""
+    from paretoserve.calibrate.kernel_fit import group_keys, ideal_seconds
+    from paretoserve.calibrate.transfer import reference_log_efficiency
+
+    ideal = np.empty(len(table))
+    cols, keys = group_keys(table)
+    joined = np.array(["\x1f".join(k) for k in keys])
+    for key in np.unique(joined):
+        sel = joined == key
+        category = dict(zip(cols, key.split("\x1f"), strict=True))
+        ideal[sel] = ideal_seconds(table.kind, device, {c: v[sel] for c, v in table.shape.items()}, category)
+    return ideal / np.exp(reference_log_efficiency(fit, table))

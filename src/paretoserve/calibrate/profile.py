@@ -1,0 +1,285 @@
+"""Profile files: fitted latency-model coefficients for one device (+ engine).
+
+A profile is a YAML file with the metadata and global coefficients, plus (for kernel fits) a
+sibling Parquet file with the filled efficiency grids::
+
+    profiles/h100.yaml                       # what a person reads and edits
+    profiles/h100.3f2a9c01d4e7.grids.parquet # ln e of every grid node (named by content hash)
+
+YAML fields:
+
+    format: paretoserve-profile/1
+    kind: kernels | transfer | run | local      # how it was made
+    device: h100_sxm                            # catalog name the efficiencies are relative to
+    engine: vllm
+    engine_version: 0.19.0
+    source: where the measurements came from
+    created: 2025-06-01T12:00:00Z
+    coefficients: {compute_scale, memory_scale, step_overhead_s, token_overhead_s}
+    fit: {gemm: {points, loo_median, loo_p90}, ...}   # quality, for people
+    transfer: {reference, slope, intercepts, points, residual}   # kind: transfer only
+    grids_file: h100.3f2a9c01d4e7.grids.parquet   # absent when there are no kernel fits
+    grids_sha256: ...
+    grids:            # one entry per grid; its nodes are rows [offset, offset + size) of the file
+      - {kernel: gemm, group: {gemm_dtype: bfloat16}, axes: {m: [...], n: [...], k: [...]},
+         align: [16, 4], offset: 0}
+
+The Parquet file has columns `log_eff` (float64, natural log of the efficiency) and `measured`
+(bool), nodes in C order of each grid's axes. Saving writes the Parquet file under a new,
+content-addressed name, then replaces the YAML atomically, then removes the previous grids file —
+a reader always sees a complete pair.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from paretoserve.atomic import write_text_atomic
+from paretoserve.calibrate.kernel_fit import Grid, KernelFit
+from paretoserve.errors import UserError
+from paretoserve.perf.calibrated import Coefficients
+
+FORMAT = "paretoserve-profile/1"
+PROFILE_KINDS = ("kernels", "transfer", "run", "local")
+
+
+@dataclass
+class Profile:
+    """Fitted latency-model coefficients for one device.
+
+    Attributes:
+        device: catalog device name the efficiencies are relative to.
+        kind: "kernels" (fitted from kernel tables), "transfer" (few-sample transfer from another
+            device), "run" (global coefficients from a bench run), "local" (`paretoserve profile`).
+        engine: serving engine the kernels were measured under ("vllm"), "" if unknown.
+        engine_version: its version, "" if unknown.
+        source: where the measurements came from.
+        created: ISO-8601 UTC time of the fit.
+        coefficients: global end-to-end corrections.
+        kernels: fitted kernel efficiencies by kind (empty for a "run" profile).
+        fit: fit quality by kernel kind (points, leave-one-out median/p90 as fractions).
+        transfer: the transfer map and its reference device (kind "transfer").
+        notes: free text.
+    """
+
+    device: str
+    kind: str = "kernels"
+    engine: str = ""
+    engine_version: str = ""
+    source: str = ""
+    created: str = ""
+    coefficients: Coefficients = field(default_factory=Coefficients)
+    kernels: dict[str, KernelFit] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    transfer: dict[str, Any] | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.created:
+            self.created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _grids_table(kernels: dict[str, KernelFit]) -> tuple[pa.Table, list[dict[str, Any]]]:
+    entries: list[dict[str, Any]] = []
+    values: list[np.ndarray] = []
+    measured: list[np.ndarray] = []
+    offset = 0
+    for kind, fit in kernels.items():
+        for key, grid in fit.groups.items():
+            entries.append({
+                "kernel": kind,
+                "group": dict(zip(fit.group_columns, key, strict=True)),
+                "axes": {name: [_num(v) for v in vals] for name, vals in zip(grid.axes, grid.values,
+                                                                              strict=True)},
+                "align": list(grid.align),
+                "offset": offset,
+                "points": fit.points,
+            })
+            values.append(grid.log_eff.ravel())
+            measured.append(grid.measured.ravel())
+            offset += grid.log_eff.size
+    table = pa.table({
+        "log_eff": pa.array(np.concatenate(values) if values else np.zeros(0), pa.float64()),
+        "measured": pa.array(np.concatenate(measured) if measured else np.zeros(0, bool), pa.bool_()),
+    })
+    return table, entries
+
+
+def _num(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def save_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
+    """Write `profile` to `path` (YAML) and its grids next to it; returns the YAML path."""
+    target = Path(path)
+    if target.suffix.lower() not in (".yaml", ".yml"):
+        raise UserError("a profile is written as a .yaml file (its grids go next to it)", file=str(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    previous = _previous_grids(target)
+    doc: dict[str, Any] = {
+        "format": FORMAT, "kind": profile.kind, "device": profile.device, "engine": profile.engine,
+        "engine_version": profile.engine_version, "source": profile.source, "created": profile.created,
+        "coefficients": profile.coefficients.to_dict(), "fit": profile.fit,
+    }
+    if profile.transfer:
+        doc["transfer"] = profile.transfer
+    if profile.notes:
+        doc["notes"] = profile.notes
+    grids_name = None
+    if profile.kernels:
+        table, entries = _grids_table(profile.kernels)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        data = buffer.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        grids_name = f"{target.stem}.{digest[:12]}.grids.parquet"
+        _write_bytes_atomic(target.parent / grids_name, data)
+        doc.update(grids_file=grids_name, grids_sha256=digest, grids=entries)
+    text = yaml.safe_dump(_plain(doc), sort_keys=False, default_flow_style=None, width=100)
+    write_text_atomic(target, text)
+    if previous and previous != grids_name:
+        (target.parent / previous).unlink(missing_ok=True)
+    return target
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and tuples -> plain Python for YAML."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _previous_grids(target: Path) -> str | None:
+    try:
+        old = yaml.safe_load(target.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    name = old.get("grids_file") if isinstance(old, dict) else None
+    return name if isinstance(name, str) and "/" not in name else None
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_profile(path: str | os.PathLike[str], *, device: str | None = None) -> Profile:
+    """Read a profile; with `device`, a profile fitted for another device is a `UserError`.
+
+    Every problem (missing file, bad YAML, missing field, grids file missing or not matching its
+    hash) is a one-line `UserError` naming the file.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise UserError("profile not found (write one with `paretoserve calibrate` or "
+                        "`paretoserve profile`)", file=str(source))
+    try:
+        doc = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"not valid YAML ({getattr(exc, 'problem', None) or 'cannot parse'})",
+                        file=str(source), line=mark.line + 1 if mark is not None else None) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read profile ({exc.__class__.__name__})", file=str(source)) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise UserError(f"not a paretoserve profile (expected 'format: {FORMAT}')", file=str(source))
+    for name in ("device", "kind"):
+        if not isinstance(doc.get(name), str) or not doc[name]:
+            raise UserError("missing or empty", file=str(source), field=name)
+    if doc["kind"] not in PROFILE_KINDS:
+        raise UserError(f"unknown kind '{doc['kind']}'; expected one of {', '.join(PROFILE_KINDS)}",
+                        file=str(source), field="kind")
+    if device is not None and doc["device"] != device:
+        raise UserError(f"this profile was fitted for {doc['device']}, not {device}; use a profile made "
+                        f"on {device} (or drop --profile for the datasheet roofline)", file=str(source),
+                        field="device")
+    coefficients = _coefficients(doc.get("coefficients") or {}, source)
+    kernels = _load_grids(doc, source) if doc.get("grids_file") else {}
+    return Profile(device=doc["device"], kind=doc["kind"], engine=str(doc.get("engine") or ""),
+                   engine_version=str(doc.get("engine_version") or ""), source=str(doc.get("source") or ""),
+                   created=str(doc.get("created") or ""), coefficients=coefficients, kernels=kernels,
+                   fit=dict(doc.get("fit") or {}), transfer=doc.get("transfer"),
+                   notes=str(doc.get("notes") or ""))
+
+
+def _coefficients(data: Any, source: Path) -> Coefficients:
+    if not isinstance(data, dict):
+        raise UserError("must be a mapping", file=str(source), field="coefficients")
+    known = Coefficients().to_dict()
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"unknown coefficient '{unknown[0]}'; expected {', '.join(known)}", file=str(source),
+                        field="coefficients")
+    values = {}
+    for name, default in known.items():
+        value = data.get(name, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not np.isfinite(value):
+            raise UserError("must be a number", file=str(source), field=f"coefficients.{name}")
+        if name.endswith("_scale") and value <= 0:
+            raise UserError("must be > 0", file=str(source), field=f"coefficients.{name}")
+        if name.endswith("_s") and value < 0:
+            raise UserError("must be >= 0 seconds", file=str(source), field=f"coefficients.{name}")
+        values[name] = float(value)
+    return Coefficients(**values)
+
+
+def _load_grids(doc: dict[str, Any], source: Path) -> dict[str, KernelFit]:
+    name = doc["grids_file"]
+    grids_path = source.parent / str(name)
+    if "/" in str(name) or not grids_path.is_file():
+        raise UserError(f"its grids file {name} is missing (copy it along with the profile)",
+                        file=str(source), field="grids_file")
+    data = grids_path.read_bytes()
+    if doc.get("grids_sha256") and hashlib.sha256(data).hexdigest() != doc["grids_sha256"]:
+        raise UserError(f"grids file {name} does not match the profile (re-run calibrate)", file=str(source),
+                        field="grids_sha256")
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        log_eff = table.column("log_eff").to_numpy()
+        measured = table.column("measured").to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, KeyError) as exc:
+        raise UserError(f"grids file {name} is not readable ({exc.__class__.__name__})", file=str(source),
+                        field="grids_file") from None
+    kernels: dict[str, KernelFit] = {}
+    try:
+        for entry in doc.get("grids") or []:
+            axes = tuple(entry["axes"])
+            values = tuple(np.asarray(entry["axes"][a], dtype=np.float64) for a in axes)
+            shape = tuple(len(v) for v in values)
+            start, size = int(entry["offset"]), int(np.prod(shape))
+            if start + size > len(log_eff):
+                raise ValueError("offset beyond the grids file")
+            grid = Grid(axes, values, log_eff[start:start + size].reshape(shape),
+                        measured[start:start + size].reshape(shape), tuple(entry.get("align") or ()))
+            group = entry.get("group") or {}
+            fit = kernels.setdefault(entry["kernel"], KernelFit(entry["kernel"], tuple(group), {},
+                                                                int(entry.get("points", 0))))
+            fit.groups[tuple(str(v) for v in group.values())] = grid
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"malformed grid entry ({exc.__class__.__name__}: {exc})", file=str(source),
+                        field="grids") from None
+    return kernels

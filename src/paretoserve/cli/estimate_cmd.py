@@ -25,12 +25,13 @@ def estimate_cmd(
     weight_dtype: str | None = typer.Option(None, "--weight-dtype", help="bf16, fp8, int8, int4, fp4."),
     kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache dtype: bf16, fp8, int8."),
     gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
+    profile: str | None = typer.Option(None, "--profile", help="Calibrated profile (YAML) for the hardware."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Estimate one prefill step and one decode step (datasheet roofline) and the KV capacity."""
     est = estimate(model, hardware, tp=tp, pp=pp, batch=batch, prompt=prompt, context=context,
                    weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                   gpu_memory_utilization=gpu_memory_utilization)
+                   gpu_memory_utilization=gpu_memory_utilization, profile=profile)
     if as_json:
         print(json.dumps(est.to_dict(), indent=2))
         return
@@ -58,8 +59,11 @@ def _print(est: Estimate) -> None:
     if kv.max_sequences(est.context) < est.batch:
         console.print(f"[yellow]warning:[/] a batch of {est.batch} at {est.context} tokens does not fit "
                       "in the KV cache")
-    console.print("[dim]Estimated by the datasheet roofline with default efficiencies; "
-                  "calibrate for measured accuracy.[/]")
+    if est.profile:
+        console.print(f"[dim]Estimated with the calibrated profile {est.profile}.[/]")
+    else:
+        console.print("[dim]Estimated by the datasheet roofline with default efficiencies; "
+                      "calibrate (paretoserve calibrate) for measured accuracy.[/]")
 
 
 def _op_table(title: str, step: StepTime) -> Table:

@@ -58,6 +58,8 @@ def plan_cmd(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel evaluations [CPU count]."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Address of a running Ray cluster."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Simulate the recommended plan whole."),
+    profile: list[str] | None = typer.Option(None, "--profile", help="Calibrated profile for its device "
+                                             "(repeatable); other devices use the datasheet roofline."),
     out: Path = typer.Option(Path("runs/plan"), "--out", "-o", help="Output folder."),
 ) -> None:
     """Search deployment plans: the Pareto front of cost, latency and energy, and a recommendation."""
@@ -78,7 +80,7 @@ def plan_cmd(
         task = bar.add_task("units", total=None)
         result = plan(model, trace=trace, slo=parse_slo(slo), space=space, out=out, requests=requests,
                       rate=rate, objectives=tuple(_words(objective) or ()), executor=executor,
-                      workers=workers, ray_address=ray_address, verify=verify,
+                      workers=workers, ray_address=ray_address, verify=verify, profiles=profile,
                       progress=lambda done, total: bar.update(task, completed=done, total=total))
     _print(result)
 

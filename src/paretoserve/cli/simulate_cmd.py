@@ -67,6 +67,7 @@ def simulate_cmd(
     no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching"),
     weight_dtype: str | None = typer.Option(None, "--weight-dtype", help="bf16, fp8, int8, int4, fp4."),
     kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="bf16, fp8, int8."),
+    profile: str | None = typer.Option(None, "--profile", help="Calibrated profile (YAML) for the hardware."),
     slo: str | None = typer.Option(None, "--slo", help="e.g. ttft_p90=2s,tpot_p90=80ms."),
     iteration_trace: bool = typer.Option(False, "--iteration-trace", help="Also write iterations.csv."),
     step_by_step: bool = typer.Option(False, "--step-by-step",
@@ -82,8 +83,8 @@ def simulate_cmd(
             seed=seed, policy=policy, policy_options=_policy_options(policy_option or []),
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             gpu_memory_utilization=gpu_memory_utilization, kv_tokens=kv_tokens, block_size=block_size,
-            prefix_caching=not no_prefix_caching, weight_dtype=weight_dtype, kv_dtype=kv_dtype, slo=slo,
-            iteration_trace=iteration_trace, fast=not step_by_step)
+            prefix_caching=not no_prefix_caching, weight_dtype=weight_dtype, kv_dtype=kv_dtype, profile=profile,
+            slo=slo, iteration_trace=iteration_trace, fast=not step_by_step)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UserError(first["msg"], field=".".join(str(part) for part in first["loc"])) from None

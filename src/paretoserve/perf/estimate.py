@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.model import ModelSpec, load_model
+from paretoserve.perf.calibrated import load_step_model
 from paretoserve.perf.memory import KvCapacity, kv_capacity
 from paretoserve.perf.roofline import Efficiency, Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape, StepTime
@@ -27,6 +28,7 @@ class Estimate:
     prefill: StepTime
     decode: StepTime
     kv: KvCapacity
+    profile: str | None = None
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -48,6 +50,7 @@ class Estimate:
             "model": self.model.name, "hardware": self.device.name, "tp": self.tp, "pp": self.pp,
             "batch": self.batch, "prompt_tokens": self.prompt, "context_tokens": self.context,
             "weight_dtype": self.weight_dtype, "kv_dtype": self.kv_dtype, "estimated": True,
+            "step_model": f"calibrated profile {self.profile}" if self.profile else "datasheet roofline",
             "params_total": self.model.params.total, "params_active": self.model.params.active,
             "prefill": step(self.prefill), "decode": step(self.decode),
             "prefill_tokens_per_s": self.prefill_tokens_per_s,
@@ -61,17 +64,21 @@ class Estimate:
 def estimate(model: str | ModelSpec, hardware: str | DeviceSpec, *, tp: int = 1, pp: int = 1,
              batch: int = 1, prompt: int = 1024, context: int | None = None,
              weight_dtype: str | None = None, kv_dtype: str | None = None,
-             gpu_memory_utilization: float = 0.9, efficiency: Efficiency | None = None) -> Estimate:
+             gpu_memory_utilization: float = 0.9, efficiency: Efficiency | None = None,
+             profile: str | None = None) -> Estimate:
     """Estimate prefill of `batch` prompts of `prompt` tokens and one decode step of `batch`
-    sequences at `context` tokens (default: `prompt`)."""
+    sequences at `context` tokens (default: `prompt`), with the datasheet roofline or, given a
+    calibrated `profile` file for `hardware`, the calibrated model."""
     spec = load_model(model) if isinstance(model, str) else model
     device = load_device(hardware) if isinstance(hardware, str) else hardware
     roofline = Roofline(spec, device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                         efficiency=efficiency)
+    model_used = roofline if profile is None else load_step_model(
+        spec, device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, profile=profile)
     kv = kv_capacity(spec, device, tp=tp, pp=pp, gpu_memory_utilization=gpu_memory_utilization,
                      weight_dtype=roofline.weight_dtype, kv_dtype=roofline.kv_dtype)
     ctx = prompt if context is None else context
-    prefill = roofline.step_time(StepShape(prefill=(PrefillChunk(prompt, 0, True),) * batch))
-    decode = roofline.step_time(StepShape(decode=(ctx,) * batch))
+    prefill = model_used.step_time(StepShape(prefill=(PrefillChunk(prompt, 0, True),) * batch))
+    decode = model_used.step_time(StepShape(decode=(ctx,) * batch))
     return Estimate(spec, device, tp, pp, batch, prompt, ctx, roofline.weight_dtype, roofline.kv_dtype,
-                    prefill, decode, kv)
+                    prefill, decode, kv, profile)

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from paretoserve.atomic import write_text_atomic
+from paretoserve.calibrate.profile import load_profile
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import Slo
 from paretoserve.plan.search import PlanOutcome, PlanSearch, run_search
@@ -51,8 +52,12 @@ class PlanResult:
 def plan(model: str, *, trace: str, slo: Slo, space: SearchSpace, out: str | Path, requests: int = 1000,
          rate: float | None = None, objectives: tuple[str, ...] = ("cost", "ttft", "tpot", "energy"),
          executor: str = "local", workers: int | None = None, ray_address: str | None = None,
-         verify: bool = True, progress: Callable[[int, int], None] | None = None) -> PlanResult:
-    """Search `space` for `model` serving the first `requests` requests of `trace` under `slo`."""
+         verify: bool = True, profiles: list[str] | None = None,
+         progress: Callable[[int, int], None] | None = None) -> PlanResult:
+    """Search `space` for `model` serving the first `requests` requests of `trace` under `slo`.
+
+    `profiles`: calibrated profile files; each applies to the device it was fitted for (other
+    devices use the datasheet roofline)."""
     sample = load_trace(trace)[:requests]
     if len(sample) < 20:
         raise UserError(f"trace {trace} has {len(sample)} requests; a plan search needs at least 20")
@@ -60,7 +65,8 @@ def plan(model: str, *, trace: str, slo: Slo, space: SearchSpace, out: str | Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     search = PlanSearch(model=model, trace=trace, requests=sample, slo=slo, space=space, rate=rate,
                         objectives=objectives, executor=executor, workers=workers, ray_address=ray_address,
-                        resume_file=out_dir / RESUME_FILE)
+                        resume_file=out_dir / RESUME_FILE,
+                        profiles={load_profile(p).device: str(p) for p in profiles or []})
     outcome = run_search(search, progress)
     verified = None
     recommended = outcome.recommended
@@ -89,6 +95,7 @@ def _verify(row: dict[str, object], search: PlanSearch, out_dir: Path) -> dict[s
         trace=search.trace, requests=len(search.requests), rate=rate, policy=p["policy"],
         max_num_seqs=p["max_num_seqs"], max_num_batched_tokens=p["max_num_batched_tokens"],
         weight_dtype=p["weight_dtype"], kv_dtype=p["kv_dtype"], slo=str(search.slo),
+        profile=search.profiles.get(p["device"]),
         gpu_memory_utilization=search.space.gpu_memory_utilization, iteration_trace=True)
     summary = simulate_run(config, out_dir)
     return {"rate_rps": rate, "slo_attainment": summary.slo_attainment, "ttft_p90_s": summary.ttft.p90,
@@ -106,7 +113,8 @@ def _write_outputs(outcome: PlanOutcome, search: PlanSearch, out_dir: Path) -> N
     write_text_atomic(out_dir / "front.csv", buffer.getvalue())
     config = {"command": "plan", "model": search.model, "trace": search.trace, "requests": len(search.requests),
               "slo": str(search.slo), "rate": search.rate, "objectives": list(search.objectives),
-              "space": search.space.model_dump(mode="json"), "units_evaluated": outcome.units,
+              "space": search.space.model_dump(mode="json"), "profiles": search.profiles,
+              "units_evaluated": outcome.units,
               "plans_evaluated": len(outcome.rows), "pruned": outcome.enumeration.pruned, "estimated": True}
     write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 

@@ -46,6 +46,7 @@ class PlanSearch:
     ray_address: str | None = None
     resume_file: Path | None = None
     min_span_s: float = 20.0
+    profiles: dict[str, str] = field(default_factory=dict)  # device → calibrated profile file
 
 
 @dataclass
@@ -92,7 +93,8 @@ def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None =
     plan_units = {plan: units_of(plan) for plan in enum.plans}
     unique = list({u.key: u for units in plan_units.values() for u in units}.values())
     ctx = UnitContext(model=search.model, requests=tuple(search.requests), slo=search.slo,
-                      gpu_memory_utilization=search.space.gpu_memory_utilization, min_span_s=search.min_span_s)
+                      gpu_memory_utilization=search.space.gpu_memory_utilization, min_span_s=search.min_span_s,
+                      profiles=tuple(sorted(search.profiles.items())))
     done = [0]
 
     def tick(_: UnitResult) -> None:
@@ -227,6 +229,7 @@ def reproduce_command(search: PlanSearch, plan: Plan, rate: float) -> str:
         parts.append(f"--pp {e.pp}")
     parts += [f"--max-num-seqs {e.max_num_seqs}", f"--max-num-batched-tokens {e.max_num_batched_tokens}",
               f"--weight-dtype {e.weight_dtype}", f"--kv-dtype {e.kv_dtype}", f"--policy {e.policy}",
+              f"--profile {search.profiles[e.device]}" if e.device in search.profiles else "",
               f"--trace {search.trace}", f"--requests {len(search.requests)}", f"--rate {rate:.4g}",
               f"--slo '{search.slo}'"]
     return " ".join(p for p in parts if p)

@@ -88,12 +88,13 @@ class UnitContext:
     rel_tol: float = 0.03
     max_evals: int = 14
     min_span_s: float = 20.0
+    profiles: tuple[tuple[str, str], ...] = ()  # (device, calibrated profile file) pairs
 
     @property
     def fingerprint(self) -> str:
         """Hash of everything a unit's result depends on besides the unit (for resuming)."""
         digest = hashlib.sha1(repr((self.model, str(self.slo), self.gpu_memory_utilization, self.rel_tol,
-                                    self.max_evals, self.min_span_s)).encode())
+                                    self.max_evals, self.min_span_s, self.profiles)).encode())
         for r in self.requests:
             digest.update(f"{r.arrival_s!r},{r.prompt_tokens},{r.output_tokens};".encode())
         return digest.hexdigest()[:16]
@@ -133,7 +134,9 @@ def simulate_config(model: str, engine: Engine, gpu_memory_utilization: float, *
 
 def evaluate_unit(unit: Unit, ctx: UnitContext) -> UnitResult:
     """Capacity search for one unit (bisection on the simulator over the rescaled trace)."""
-    deployment = build_deployment(simulate_config(ctx.model, unit.engine, ctx.gpu_memory_utilization))
+    profile = dict(ctx.profiles).get(unit.engine.device)
+    deployment = build_deployment(simulate_config(ctx.model, unit.engine, ctx.gpu_memory_utilization,
+                                                  profile=profile))
     assert deployment.engine is not None
     engine = deployment.engine
     requests = list(ctx.requests)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.errors import UserError
+from paretoserve.perf.calibrated import load_step_model
 from paretoserve.perf.memory import kv_capacity
-from paretoserve.perf.roofline import Roofline
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.run_config import SimulateConfig
 
@@ -48,7 +48,8 @@ def parse_disagg(text: str) -> tuple[int, int]:
 
 def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) -> EngineConfig:
     """The engine of one replica on `tp` × `cfg.pp` devices."""
-    step = Roofline(model, device, tp=tp, pp=cfg.pp, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype)
+    step = load_step_model(model, device, tp=tp, pp=cfg.pp, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+                           profile=cfg.profile)
     kv = kv_capacity(model, device, tp=tp, pp=cfg.pp, gpu_memory_utilization=cfg.gpu_memory_utilization,
                      weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
                      max_num_batched_tokens=cfg.max_num_batched_tokens, max_num_seqs=cfg.max_num_seqs)
@@ -84,7 +85,9 @@ def build_deployment(cfg: SimulateConfig) -> Deployment:
     """Load the catalog entries and build the engines; UserError for impossible settings."""
     model = load_model(cfg.model)
     device = load_device(cfg.hardware)
-    derived: dict[str, object] = {"step_model": "roofline (datasheet peaks x default efficiencies)",
+    step_model = (f"calibrated profile {cfg.profile}" if cfg.profile
+                  else "roofline (datasheet peaks x default efficiencies)")
+    derived: dict[str, object] = {"step_model": step_model,
                                   "max_model_len": model.max_position_embeddings}
     if cfg.disagg is None:
         if cfg.prefill_tp is not None or cfg.decode_tp is not None:

@@ -13,7 +13,8 @@ class SimulateConfig(BaseModel):
     Deployment: `model` and `hardware` (catalog names or files), `tp` × `pp` devices per replica,
     `replicas` behind `router`, or disaggregated pools `disagg` = "xPyD" with `prefill_tp` /
     `decode_tp` devices each. Engine: `policy` (+ `policy_options`), `max_num_seqs`,
-    `max_num_batched_tokens`, KV memory from `gpu_memory_utilization` (or `kv_tokens` per replica
+    `max_num_batched_tokens`, the step-time model (`profile`: a calibrated profile file, else the
+    datasheet roofline), KV memory from `gpu_memory_utilization` (or `kv_tokens` per replica
     to override the memory model), `block_size`, `prefix_caching`, `weight_dtype`, `kv_dtype`.
     Workload (see `paretoserve.workload.synthetic.iter_workload`): `trace`, `arrival`, `rate` or
     `rate_scale`, `requests`, `duration_s`, `prompt`, `output`, `seed`. Reporting: `slo`,
@@ -50,6 +51,7 @@ class SimulateConfig(BaseModel):
     prefix_caching: bool = True
     weight_dtype: str | None = None
     kv_dtype: str | None = None
+    profile: str | None = None
     slo: str | None = None
     activity: float = Field(DEFAULT_ACTIVITY, ge=0, le=1)
     iteration_trace: bool = False

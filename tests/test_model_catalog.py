@@ -138,3 +138,10 @@ def test_missing_field_is_named(tmp_path):
                                "intermediate_size": 128}))
     with pytest.raises(UserError, match="num_hidden_layers"):
         load_model(str(bad))
+
+
+def test_hugging_face_ids_resolve_to_bundled_names():
+    assert load_model("meta-llama/Llama-3.1-8B").name == "Meta-Llama-3.1-8B"
+    assert load_model("Qwen/Qwen3-32B").name == "Qwen3-32B"
+    with pytest.raises(UserError):
+        load_model("someone/Llama")  # ambiguous or unknown ids are not guessed

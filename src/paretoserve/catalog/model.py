@@ -281,7 +281,7 @@ def load_model(name_or_path: str) -> ModelSpec:
         return parse_config(path, name=path.parent.name if path.name == "config.json" else path.stem)
     names = bundled_model_names()
     lookup = {n.lower(): n for n in names}
-    key = name_or_path.lower().removesuffix(".json")
+    key = _bundled_key(name_or_path.lower().removesuffix(".json"), list(lookup))
     if key not in lookup:
         close = difflib.get_close_matches(key, list(lookup), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(lookup[c] for c in close)}?" if close else ""
@@ -290,6 +290,16 @@ def load_model(name_or_path: str) -> ModelSpec:
     ref = resources.files("paretoserve.catalog") / "models" / f"{lookup[key]}.json"
     with resources.as_file(ref) as file:
         return parse_config(file, name=lookup[key])
+
+
+def _bundled_key(key: str, known: list[str]) -> str:
+    """Resolve a Hugging Face id like "meta-llama/Llama-3.1-8B" to a bundled name
+    ("meta-llama-3.1-8b") when exactly one bundled name is it or ends with "-" + it."""
+    if key in known:
+        return key
+    tail = key.rsplit("/", 1)[-1]
+    matches = [k for k in known if k == tail or k.endswith("-" + tail)]
+    return matches[0] if len(matches) == 1 else key
 
 
 def parse_config(path: Path, *, name: str) -> ModelSpec:

@@ -22,6 +22,7 @@ import yaml
 
 from paretoserve.atomic import replace_folder
 from paretoserve.errors import UserError
+from paretoserve.jsonlines import iter_json_lines
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import Slo
 from paretoserve.metrics.summary import Summary, summarize
@@ -184,14 +185,7 @@ def _read_records(path: Path) -> list[RequestRecord]:
     """Parse requests.jsonl; a malformed line is a UserError naming file and line."""
     records = []
     with open(path, encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"not valid JSON ({exc.msg} at column {exc.colno})",
-                                file=str(path), line=line) from None
+        for line, data in iter_json_lines(handle, str(path)):
             try:
                 records.append(RequestRecord.from_dict(_check_line(data, path, line)))
             except TypeError as exc:

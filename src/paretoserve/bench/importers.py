@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from paretoserve.errors import UserError
+from paretoserve.jsonlines import iter_json_lines
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import Slo
 from paretoserve.metrics.summary import Summary, SummaryBuilder
@@ -97,13 +98,9 @@ def import_vllm_requests(path: str | Path) -> list[RequestRecord]:
     rows: list[dict[str, Any]] = []
     try:
         with open(source, encoding="utf-8") as handle:
-            for line, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"not valid JSON ({exc.msg})", file=str(source), line=line) from None
+            for line, row in iter_json_lines(handle, str(source)):
+                if not isinstance(row, dict):
+                    raise UserError("expected a JSON object", file=str(source), line=line)
                 for key in ("request_id", "input_toks", "output_toks", "arrival_time", "queued_ts"):
                     if row.get(key) is None:
                         raise UserError("missing", file=str(source), line=line, field=key)

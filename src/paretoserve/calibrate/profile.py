@@ -36,7 +36,6 @@ import datetime as _dt
 import hashlib
 import io
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from paretoserve.atomic import write_text_atomic
+from paretoserve.atomic import write_bytes_atomic, write_text_atomic
 from paretoserve.calibrate.kernel_fit import Grid, KernelFit
 from paretoserve.errors import UserError
 from paretoserve.perf.calibrated import Coefficients
@@ -145,7 +144,7 @@ def save_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
         data = buffer.getvalue()
         digest = hashlib.sha256(data).hexdigest()
         grids_name = f"{target.stem}.{digest[:12]}.grids.parquet"
-        _write_bytes_atomic(target.parent / grids_name, data)
+        write_bytes_atomic(target.parent / grids_name, data)
         doc.update(grids_file=grids_name, grids_sha256=digest, grids=entries)
     text = yaml.safe_dump(_plain(doc), sort_keys=False, default_flow_style=None, width=100)
     write_text_atomic(target, text)
@@ -172,19 +171,6 @@ def _previous_grids(target: Path) -> str | None:
         return None
     name = old.get("grids_file") if isinstance(old, dict) else None
     return name if isinstance(name, str) and "/" not in name else None
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_profile(path: str | os.PathLike[str], *, device: str | None = None) -> Profile:

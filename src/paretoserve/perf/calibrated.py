@@ -52,6 +52,7 @@ from paretoserve.perf.roofline import (
     _Op,
     _sum_line,
     _sum_max_lines,
+    ops_seconds,
 )
 from paretoserve.perf.shape import Bound, OpTime, StepShape, StepTime
 
@@ -336,18 +337,7 @@ class Calibrated(StepTimeModel):
 
     # ------------------------------------------------------------------ remaining (roofline) ops
     def _rest_seconds(self, agg: list[float]) -> float:
-        total = 0.0
-        for op in self.rest:
-            flops = 0.0
-            for i, c in op.flops:
-                flops += c * agg[i]
-            nbytes = op.bytes_base
-            for i, c in op.bytes:
-                nbytes += c * agg[i]
-            t_c = flops / op.peak if op.peak else 0.0
-            t_m = nbytes / op.bandwidth if op.bandwidth else 0.0
-            total += op.layers * (op.fixed + (t_c if t_c > t_m else t_m))
-        return total
+        return ops_seconds(self.rest, agg)
 
     def _allreduce_seconds(self, tokens: float) -> float:
         if not self._allreduce or not tokens:

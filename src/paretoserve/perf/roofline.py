@@ -244,20 +244,7 @@ class Roofline(StepTimeModel):
         return e * (1.0 - (1.0 - k / e) ** tokens)
 
     def _evaluate(self, agg: list[float]) -> float:
-        total = self.eff.step_overhead_s
-        for op in self.ops:
-            flops = 0.0
-            for i, c in op.flops:
-                flops += c * agg[i]
-            nbytes = op.bytes_base
-            for i, c in op.bytes:
-                nbytes += c * agg[i]
-            if not flops and not nbytes:
-                continue  # the operator does not run in this step
-            t_c = flops / op.peak if op.peak else 0.0
-            t_m = nbytes / op.bandwidth if op.bandwidth else 0.0
-            total += op.layers * (op.fixed + (t_c if t_c > t_m else t_m))
-        return total
+        return self.eff.step_overhead_s + ops_seconds(self.ops, agg)
 
     # ------------------------------------------------------------------ operators
     def _build_ops(self) -> list[_Op]:
@@ -350,6 +337,24 @@ class Roofline(StepTimeModel):
             link_bw = self.device.intra_node_bandwidth * self.eff.link / ring
             fixed = (tp - 1) * self.device.intra_node_latency
             add("tp.allreduce", count * reduces, 0.0, link_bw, fixed, {}, 0.0, {TOKENS: h * ab}, "comm")
+
+
+def ops_seconds(ops: list[_Op], agg: list[float]) -> float:
+    """Seconds of `ops` for the step aggregates `agg`; operators with no work are skipped."""
+    total = 0.0
+    for op in ops:
+        flops = 0.0
+        for i, c in op.flops:
+            flops += c * agg[i]
+        nbytes = op.bytes_base
+        for i, c in op.bytes:
+            nbytes += c * agg[i]
+        if not flops and not nbytes:
+            continue  # the operator does not run in this step
+        t_c = flops / op.peak if op.peak else 0.0
+        t_m = nbytes / op.bandwidth if op.bandwidth else 0.0
+        total += op.layers * (op.fixed + (t_c if t_c > t_m else t_m))
+    return total
 
 
 def _op_lines(op: _Op, start: list[float], slope: list[float]) -> tuple[float, float, float, float]:

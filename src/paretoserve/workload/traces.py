@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 from paretoserve.atomic import write_text_atomic
 from paretoserve.errors import UserError
+from paretoserve.jsonlines import iter_json_lines
 from paretoserve.workload.request import Request
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -252,13 +253,7 @@ def _read_csv(source: _Source, fmt: str) -> list[_Row]:
 def _json_lines(source: _Source) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; anything but a JSON object is an error."""
     with source.open() as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise source.error(f"not valid JSON ({exc.msg} at column {exc.colno})", line) from None
+        for line, data in iter_json_lines(handle, source.label):
             if not isinstance(data, dict):
                 raise source.error(f"expected a JSON object, got {type(data).__name__}", line)
             yield line, data

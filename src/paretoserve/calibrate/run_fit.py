@@ -8,6 +8,13 @@ compute and memory efficiency scales, a per-iteration and a per-token overhead �
 predicted TTFT, TPOT and E2E (mean, p50, p90) match the measured ones on the requests chosen for
 fitting (by default all; `fit_fraction` = 0.5 keeps the later half of the arrivals for checking).
 
+Load generators that cap the requests in flight (`bench --concurrency C`, with a rate: at most C in
+flight; alone: a closed loop of C) are replayed with the same cap: each request is sent at its
+scheduled time (recorded send time minus the recorded `lag_s`; at once in a closed loop) or, when C
+are in flight, when one of them completes in the simulation. Replaying the recorded send times
+instead would drop the feedback of the cap: wherever the run was saturated, any error in the
+simulated service time would pile up into a growing simulated queue (TTFT off by tens of percent).
+
 The whole trace is always simulated — later arrivals are part of the workload and slow the earlier
 requests down by sharing batches — but only the fitting requests' measurements enter the loss:
 
@@ -28,7 +35,7 @@ sizes and contexts (the small ridge picks the pair closest to the datasheet).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +71,9 @@ class RunSetup:
         requests: the requests to replay (arrival order).
         measured: measured records of completed requests with timestamps, by request id.
         notes: where each setting came from.
+        max_in_flight: the load generator's cap on requests in flight (None: sent at the recorded
+            times).
+        scheduled_s: with a cap, when the load generator meant to send each request, by request id.
     """
 
     model: ModelSpec
@@ -78,6 +88,8 @@ class RunSetup:
     requests: list[Request]
     measured: dict[str, RequestRecord]
     notes: dict[str, str] = field(default_factory=dict)
+    max_in_flight: int | None = None
+    scheduled_s: dict[str, float] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
         """The replay settings, for config files and reports."""
@@ -124,6 +136,15 @@ def _engine_settings(config: dict[str, Any]) -> dict[str, Any]:
     return {"model": engine.get("model", config.get("model")), "hardware": engine.get("hardware"),
             **{k: engine.get(k) for k in ("tp", "pp", "max_num_seqs", "max_num_batched_tokens", "block_size",
                                           "prefix_caching", "kv_tokens")}}
+
+
+def _client_cap(config: dict[str, Any]) -> tuple[int | None, bool]:
+    """(cap on requests in flight, closed loop) of the load generator that measured a bench run."""
+    cap = config.get("concurrency") if config.get("command") == "bench" else None
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        return None, False
+    closed = all(config.get(k) is None for k in ("rate", "rate_scale", "arrival"))
+    return cap, closed
 
 
 def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None, tp: int | None = None,
@@ -180,21 +201,94 @@ def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None
         notes["kv_tokens"] = f"kv_capacity at gpu_memory_utilization={gpu_memory_utilization}"
     requests = sorted((Request(r.request_id, r.arrival_s, max(1, r.prompt_tokens), max(1, r.output_tokens))
                        for r in timed), key=lambda q: (q.arrival_s, q.request_id))
+    cap, closed = _client_cap(run.config)
+    scheduled: dict[str, float] = {}
+    if cap is not None:
+        for r in timed:
+            lag = (r.extra or {}).get("lag_s")
+            scheduled[r.request_id] = 0.0 if closed else r.arrival_s - float(lag or 0.0)
+        notes["max_in_flight"] = f"run folder: {'closed loop of' if closed else 'at most'} {cap} in flight"
     return RunSetup(spec, device, tp_, pp_, int(kv), block, seqs, batched, prefix, requests,
-                    {r.request_id: r for r in timed}, notes)
+                    {r.request_id: r for r in timed}, notes, cap, scheduled)
 
 
 def simulate_setup(setup: RunSetup, step_model: Any) -> list[RequestRecord]:
     """Replay the run's requests with `step_model`; one record per request."""
     from paretoserve.sim.api import simulate
 
-    sim = simulate(setup.requests, step_model=step_model, kv_tokens=setup.kv_tokens,
-                   block_size=setup.block_size, policy="vllm", max_num_seqs=setup.max_num_seqs,
-                   max_num_batched_tokens=setup.max_num_batched_tokens, prefix_caching=setup.prefix_caching,
+    client = None if setup.max_in_flight is None else _CappedClient(setup)
+    sim = simulate(setup.requests if client is None else client.requests(), step_model=step_model,
+                   kv_tokens=setup.kv_tokens, block_size=setup.block_size, policy="vllm",
+                   max_num_seqs=setup.max_num_seqs, max_num_batched_tokens=setup.max_num_batched_tokens,
+                   prefix_caching=setup.prefix_caching,
                    max_model_len=max(setup.model.max_position_embeddings,
                                      max(q.prompt_tokens + q.output_tokens for q in setup.requests)),
                    devices=setup.tp * setup.pp)
-    return list(sim)
+    return list(sim) if client is None else client.run(sim)
+
+
+@dataclass(slots=True)
+class _Send:
+    """A request as the replayed load generator sends it: `Request`'s fields, with an `arrival_s`
+    (the send time) that stays `math.inf` until a slot frees. The simulator reads the next request's
+    arrival afresh at every event, so settling it between two events is seen at once."""
+
+    request_id: str
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    prefix_hashes: tuple[int, ...] = ()
+    prefix_block_tokens: int = 512
+    session_id: str | None = None
+    slo_class: str | None = None
+    priority: int = 0
+
+
+class _CappedClient:
+    """The load generator of a capped run, replayed inside the simulation (module docstring).
+
+    Requests go out in their recorded order; one is sent at max(its scheduled time, the previous
+    send) when fewer than `max_in_flight` are in flight, else at the completion that frees a slot.
+    A completion is seen as the simulation streams its record, before the simulator's next event.
+    """
+
+    def __init__(self, setup: RunSetup) -> None:
+        self.setup = setup
+        self.cap = int(setup.max_in_flight or 1)
+        self.sent = self.done = 0
+        self.last_send = 0.0
+        self.waiting: tuple[_Send, float] | None = None
+
+    def _send(self, item: _Send, scheduled: float, now: float) -> None:
+        item.arrival_s = self.last_send = max(scheduled, self.last_send, now)
+        self.sent += 1
+
+    def requests(self) -> Iterator[_Send]:
+        """The requests to simulate, each settled or waiting for a slot when the simulator asks."""
+        for q in self.setup.requests:
+            item = _Send(q.request_id, math.inf, q.prompt_tokens, q.output_tokens, q.prefix_hashes,
+                         q.prefix_block_tokens, q.session_id, q.slo_class, q.priority)
+            scheduled = self.setup.scheduled_s.get(q.request_id, q.arrival_s)
+            if self.sent - self.done < self.cap:
+                self._send(item, scheduled, 0.0)
+            else:
+                self.waiting = (item, scheduled)
+            yield item
+
+    def run(self, sim: Iterable[RequestRecord]) -> list[RequestRecord]:
+        """Consume the simulation, sending a waiting request when a completion frees its slot."""
+        records = []
+        for record in sim:
+            records.append(record)
+            self.done += 1
+            if self.waiting is not None and self.sent - self.done < self.cap:
+                item, scheduled = self.waiting
+                self.waiting = None
+                end = record.last_token_s if record.last_token_s is not None else record.arrival_s
+                self._send(item, scheduled, end)
+        if len(records) != len(self.setup.requests) or any(math.isinf(r.arrival_s) for r in records):
+            raise RuntimeError("capped replay: the simulation did not send every request")
+        return records
 
 
 def step_model_for(setup: RunSetup, kernels: dict | None, coefficients: Coefficients) -> Calibrated:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -24,7 +23,7 @@ err_console = Console(stderr=True)
 class _Group(TyperGroup):
     """Command group that reports a `UserError` as one line and exit code 2."""
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
         except UserError as exc:

@@ -200,7 +200,7 @@ def _reasons(best: dict[str, object], feasible: list[dict[str, object]]) -> str:
     disagg = best["plan"]["disagg"] is not None  # type: ignore[index]
     lines = [f"Cheapest of {len(feasible)} plans that meet the SLO: "
              f"${best['usd_per_million_tokens']:.3f} per million output tokens at "
-             f"{best['max_rate_rps']:.2f} req/s on {best['devices']} devices."]
+             f"{best['max_rate_rps']:.2f} req/s on {best['devices']} device{'s' if best['devices'] != 1 else ''}."]
     lines.append(f"TTFT p90 {_ms(best['ttft_p90_s'])}, TPOT p90 {_ms(best['tpot_p90_s'])}, "
                  f"{best['joules_per_token']:.2f} J per output token (estimated by simulation).")
     others = [r for r in feasible if (r["plan"]["disagg"] is not None) != disagg]  # type: ignore[index]

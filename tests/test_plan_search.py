@@ -179,3 +179,21 @@ def test_plan_cli_bad_inputs_are_one_line_errors(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message.lower() in result.output.lower(), (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_nsga2_finds_the_grid_optimum_with_fewer_simulations():
+    requests = build_workload("azure-conv", requests=80)
+    space = SearchSpace(devices=[DEVICE, "a100_sxm", "l40s"], tp=[1, 2, 4], max_num_seqs=[128, 256],
+                        max_devices=4, max_pool_replicas=1)
+    slo = parse_slo("ttft_p90=1s,tpot_p90=60ms")
+    grid = run_search(PlanSearch(MODEL, "azure-conv", requests, slo, space, executor="serial", search="grid",
+                                 min_span_s=5.0))
+    nsga = run_search(PlanSearch(MODEL, "azure-conv", requests, slo, space, executor="serial", search="nsga2",
+                                 trials=100, min_span_s=5.0))
+    assert nsga.units < grid.units
+    best = grid.recommended["usd_per_million_tokens"]
+    assert nsga.recommended["usd_per_million_tokens"] <= 1.05 * best
+    # Every plan NSGA-II puts on its front is a real plan of the space, with the grid's figures.
+    grid_rows = {r["label"]: r for r in grid.rows}
+    for row in nsga.front:
+        assert row["max_rate_rps"] == grid_rows[row["label"]]["max_rate_rps"]

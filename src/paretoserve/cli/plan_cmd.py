@@ -54,6 +54,9 @@ def plan_cmd(
     objective: str = typer.Option("cost,ttft,tpot,energy", "--objective",
                                   help="Objectives of the front: cost, ttft, tpot, energy, devices."),
     requests: int = typer.Option(1000, "--requests", min=20, help="Requests of the trace to simulate."),
+    search: str = typer.Option("auto", "--search", help="grid (every plan), nsga2 (optuna NSGA-II) or auto "
+                               "(grid unless the space needs > 800 engine evaluations)."),
+    trials: int = typer.Option(300, "--trials", min=1, help="NSGA-II trials."),
     executor: str = typer.Option("local", "--executor", help="local (process pool), serial or ray."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel evaluations [CPU count]."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Address of a running Ray cluster."),
@@ -81,6 +84,7 @@ def plan_cmd(
         result = plan(model, trace=trace, slo=parse_slo(slo), space=space, out=out, requests=requests,
                       rate=rate, objectives=tuple(_words(objective) or ()), executor=executor,
                       workers=workers, ray_address=ray_address, verify=verify, profiles=profile,
+                      search=search, trials=trials,
                       progress=lambda done, total: bar.update(task, completed=done, total=total))
     _print(result)
 

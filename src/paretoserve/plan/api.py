@@ -52,9 +52,12 @@ class PlanResult:
 def plan(model: str, *, trace: str, slo: Slo, space: SearchSpace, out: str | Path, requests: int = 1000,
          rate: float | None = None, objectives: tuple[str, ...] = ("cost", "ttft", "tpot", "energy"),
          executor: str = "local", workers: int | None = None, ray_address: str | None = None,
-         verify: bool = True, profiles: list[str] | None = None,
+         verify: bool = True, profiles: list[str] | None = None, search: str = "auto", trials: int = 300,
          progress: Callable[[int, int], None] | None = None) -> PlanResult:
     """Search `space` for `model` serving the first `requests` requests of `trace` under `slo`.
+
+    `search`: "grid" evaluates every plan, "nsga2" runs `trials` NSGA-II trials (optuna), "auto"
+    uses the grid unless the space needs more than 800 engine evaluations.
 
     `profiles`: calibrated profile files; each applies to the device it was fitted for (other
     devices use the datasheet roofline)."""
@@ -63,19 +66,20 @@ def plan(model: str, *, trace: str, slo: Slo, space: SearchSpace, out: str | Pat
         raise UserError(f"trace {trace} has {len(sample)} requests; a plan search needs at least 20")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    search = PlanSearch(model=model, trace=trace, requests=sample, slo=slo, space=space, rate=rate,
+    plan_search = PlanSearch(model=model, trace=trace, requests=sample, slo=slo, space=space, rate=rate,
                         objectives=objectives, executor=executor, workers=workers, ray_address=ray_address,
                         resume_file=out_dir / RESUME_FILE,
-                        profiles={load_profile(p).device: str(p) for p in profiles or []})
-    outcome = run_search(search, progress)
+                        profiles={load_profile(p).device: str(p) for p in profiles or []},
+                        search=search, trials=trials)
+    outcome = run_search(plan_search, progress)
     verified = None
     recommended = outcome.recommended
     recommended_run = None
     if recommended is not None and verify:
-        verified = _verify(recommended, search, out_dir / "recommended")
+        verified = _verify(recommended, plan_search, out_dir / "recommended")
         recommended["verified"] = verified
         recommended_run = read_run(out_dir / "recommended")
-    _write_outputs(outcome, search, out_dir)
+    _write_outputs(outcome, plan_search, out_dir)
     plan_report(outcome.rows, title=f"Plan: {model} on {trace}", slo=str(slo), recommended=recommended,
                 recommended_run=recommended_run, out_path=out_dir / "report.html")
     return PlanResult(outcome, out_dir, verified)
@@ -113,6 +117,7 @@ def _write_outputs(outcome: PlanOutcome, search: PlanSearch, out_dir: Path) -> N
     write_text_atomic(out_dir / "front.csv", buffer.getvalue())
     config = {"command": "plan", "model": search.model, "trace": search.trace, "requests": len(search.requests),
               "slo": str(search.slo), "rate": search.rate, "objectives": list(search.objectives),
+              "search": search.search, "trials": search.trials,
               "space": search.space.model_dump(mode="json"), "profiles": search.profiles,
               "units_evaluated": outcome.units,
               "plans_evaluated": len(outcome.rows), "pruned": outcome.enumeration.pruned, "estimated": True}

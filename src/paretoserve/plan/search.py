@@ -13,6 +13,7 @@ from paretoserve.catalog.model import load_model
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import Slo
 from paretoserve.plan.executor import run_units
+from paretoserve.plan.nsga import nsga2_select
 from paretoserve.plan.pareto import knee_index, pareto_mask
 from paretoserve.plan.space import Enumeration, Plan, SearchSpace, enumerate_plans
 from paretoserve.plan.units import Unit, UnitContext, UnitResult
@@ -47,6 +48,9 @@ class PlanSearch:
     resume_file: Path | None = None
     min_span_s: float = 20.0
     profiles: dict[str, str] = field(default_factory=dict)  # device → calibrated profile file
+    search: str = "auto"  # grid (every plan), nsga2 (optuna NSGA-II), auto (grid up to max_grid_units)
+    trials: int = 300
+    max_grid_units: int = 800
 
 
 @dataclass
@@ -102,9 +106,26 @@ def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None =
         if progress:
             progress(done[0], len(unique))
 
-    results = run_units(unique, ctx, executor=search.executor, workers=search.workers,
-                        ray_address=search.ray_address, resume_file=search.resume_file, on_result=tick)
-    rows = [row for plan in enum.plans
+    if search.search not in ("auto", "grid", "nsga2"):
+        raise UserError(f"unknown search '{search.search}'; expected auto, grid or nsga2")
+    plans = enum.plans
+    if search.search == "nsga2" or (search.search == "auto" and len(unique) > search.max_grid_units):
+        results: dict[str, UnitResult] = {}
+
+        def evaluate(units: list[Unit]) -> dict[str, UnitResult]:
+            missing = [u for u in units if u.key not in results]
+            if missing:
+                results.update(run_units(missing, ctx, executor="serial", resume_file=search.resume_file,
+                                         on_result=tick))
+            return results
+
+        plans = nsga2_select(search.space, set(enum.plans), [OBJECTIVES[o][0] for o in search.objectives],
+                             search.trials, evaluate, units_of, lambda p, r: plan_row(p, r, search))
+        unique = [u for u in unique if u.key in results]
+    else:
+        results = run_units(unique, ctx, executor=search.executor, workers=search.workers,
+                            ray_address=search.ray_address, resume_file=search.resume_file, on_result=tick)
+    rows = [row for plan in plans
             if (row := plan_row(plan, [results[u.key] for u in plan_units[plan]], search)) is not None]
     if search.rate is not None:
         rows = _dedupe(rows)
@@ -258,8 +279,8 @@ def _best_unbounded(enum: Enumeration, results: dict[str, UnitResult], plan_unit
     """Suffix naming the cheapest plan that would serve the rate if the budget allowed."""
     unbounded = replace(search, space=search.space.model_copy(update={"max_devices": 10**6,
                                                                        "max_usd_per_hour": None}))
-    rows = [row for plan in enum.plans
-            if (row := plan_row(plan, [results[u.key] for u in plan_units[plan]], unbounded)) is not None]
+    rows = [row for plan in enum.plans if all(u.key in results for u in plan_units[plan])
+            and (row := plan_row(plan, [results[u.key] for u in plan_units[plan]], unbounded)) is not None]
     if not rows:
         return "; no plan meets the SLO at any size — relax the SLO or add faster devices"
     best = min(rows, key=lambda r: r["usd_per_hour"])

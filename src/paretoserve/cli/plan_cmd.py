@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -92,15 +93,19 @@ def plan_cmd(
 def _print(result: PlanResult) -> None:
     outcome = result.outcome
     table = Table(title=f"Pareto front ({len(outcome.front)} of {len(outcome.rows)} plans; "
-                  f"{outcome.units} engine evaluations) — estimated by simulation", title_justify="left")
-    for col in ("#", "plan", "devices", "req/s", "$/h", "$/M tok", "TTFT p90", "TPOT p90", "J/tok", ""):
-        table.add_column(col, justify="left" if col in ("plan", "") else "right")
-    for i, row in enumerate(outcome.front[:25], 1):
-        marks = " ".join(m for m, on in (("★ recommended", row["recommended"]), ("knee", row["knee"])) if on)
-        table.add_row(str(i), str(row["label"]), str(row["devices"]), f"{row['max_rate_rps']:.2f}",
-                      f"{row['usd_per_hour']:.2f}", f"{row['usd_per_million_tokens']:.3f}",
-                      _ms(row["ttft_p90_s"]), _ms(row["tpot_p90_s"]), f"{row['joules_per_token']:.2f}", marks)
+                  f"{outcome.units} engine evaluations; p90 latencies) — estimated by simulation", title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("plan", overflow="fold")
+    for col in ("GPUs", "req/s", "$/Mtok", "TTFT ms", "TPOT ms", "J/tok", ""):
+        table.add_column(col, justify="right", no_wrap=True)
+    front = outcome.front[:25]
+    for i, row in enumerate(front, 1):
+        marks = " ".join(m for m, on in (("★", row["recommended"]), ("knee", row["knee"])) if on)
+        table.add_row(str(i), _label(row, front), str(row["devices"]), f"{row['max_rate_rps']:.2f}",
+                      f"{row['usd_per_million_tokens']:.3f}", _ms(row["ttft_p90_s"]), _ms(row["tpot_p90_s"]),
+                      f"{row['joules_per_token']:.2f}", marks)
     console.print(table)
+    console.print("[dim]★ recommended (cheapest plan meeting the SLO); knee: the front's best compromise[/]")
     best = outcome.recommended
     if best is None:
         console.print("[yellow]No plan meets the SLO at any rate; relax the SLO or add faster devices.[/]")
@@ -117,5 +122,13 @@ def _print(result: PlanResult) -> None:
                   f"plans: {result.out_dir / 'plans.jsonl'}", soft_wrap=True)
 
 
+def _label(row: dict[str, object], rows: list[dict[str, object]]) -> str:
+    """The plan's label, without the batching limits when every listed plan shares them (the
+    table stays readable in a narrow terminal; plans.jsonl and the report keep the full label)."""
+    shared = {(r["plan"]["max_num_seqs"], r["plan"]["max_num_batched_tokens"]) for r in rows}  # type: ignore[index]
+    label = str(row["label"])
+    return re.sub(r" seqs\d+ mbt\d+", "", label) if len(shared) == 1 else label
+
+
 def _ms(value: object) -> str:
-    return "—" if value is None else f"{float(value) * 1e3:.0f} ms"
+    return "—" if value is None else f"{float(value) * 1e3:.0f}"

@@ -406,17 +406,24 @@ def _axes(kind: str) -> tuple[str, ...]:
     return ("message_size",) if kind == "allreduce" else SHAPE_COLUMNS[kind]
 
 
-def observed_log_efficiency(table: KernelTable, device: DeviceSpec) -> np.ndarray:
-    """ln(ideal / measured) of every row of `table` on `device`."""
+def per_group(table: KernelTable,
+              value: Callable[[dict[str, str], dict[str, np.ndarray], np.ndarray], np.ndarray]) -> np.ndarray:
+    """One value per row of `table`, computed a category group at a time:
+    `value(category, shape columns of the group's rows, row mask)`."""
     cols, keys = group_keys(table)
     out = np.empty(len(table))
-    keys_arr = np.array(["\x1f".join(k) for k in keys])
-    for key in np.unique(keys_arr):
-        sel = keys_arr == key
+    joined = np.array(["\x1f".join(k) for k in keys])
+    for key in np.unique(joined):
+        sel = joined == key
         category = dict(zip(cols, key.split("\x1f"), strict=True))
-        shape = {c: v[sel] for c, v in table.shape.items()}
-        out[sel] = np.log(ideal_seconds(table.kind, device, shape, category) / table.latency_s[sel])
+        out[sel] = value(category, {c: v[sel] for c, v in table.shape.items()}, sel)
     return out
+
+
+def observed_log_efficiency(table: KernelTable, device: DeviceSpec) -> np.ndarray:
+    """ln(ideal / measured) of every row of `table` on `device`."""
+    return per_group(table, lambda category, shape, sel: np.log(
+        ideal_seconds(table.kind, device, shape, category) / table.latency_s[sel]))
 
 
 def fit_table(table: KernelTable, device: DeviceSpec) -> KernelFit:

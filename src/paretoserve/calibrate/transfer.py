@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from paretoserve.calibrate.kernel_fit import Grid, KernelFit, group_keys, observed_log_efficiency
+from paretoserve.calibrate.kernel_fit import Grid, KernelFit, observed_log_efficiency, per_group
 from paretoserve.calibrate.kernel_tables import KernelTable
 from paretoserve.catalog.device import DeviceSpec
 from paretoserve.errors import UserError
@@ -80,14 +80,7 @@ class TransferMap:
 
 def reference_log_efficiency(fit: KernelFit, table: KernelTable) -> np.ndarray:
     """ln e of the reference fit at every row's shape and category of `table`."""
-    cols, keys = group_keys(table)
-    out = np.empty(len(table))
-    joined = np.array(["\x1f".join(k) for k in keys])
-    for key in np.unique(joined):
-        sel = joined == key
-        category = dict(zip(cols, key.split("\x1f"), strict=True))
-        out[sel] = fit.log_efficiency({c: v[sel] for c, v in table.shape.items()}, category)
-    return out
+    return per_group(table, lambda category, shape, _sel: fit.log_efficiency(shape, category))
 
 
 def allocate(kinds: list[str], total: int) -> dict[str, int]:

@@ -21,6 +21,7 @@ import pytest
 from paretoserve.bench.fakeserver import FakeServer
 from paretoserve.bench.llama_server import llama_available, llama_server
 from paretoserve.bench.llama_server import smollm2_gguf as bundled_gguf
+from prereq import missing
 
 #: Seconds the llama.cpp server may take to answer `/v1/models`.
 LLAMA_START_TIMEOUT_S = 60.0
@@ -65,7 +66,7 @@ class LlamaServer:
 def _llama_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     """Start the llama.cpp server once per test session; stop it at the end."""
     if not llama_available():
-        pytest.skip("llama-cpp-python is not installed (pip install 'llama-cpp-python[server]==0.3.36')")
+        missing("llama-cpp-python is not installed (make install-test)")
     gguf = smollm2_gguf()
     log = tmp_path_factory.mktemp("llama") / "server.log"
     args = ["--model_alias", LLAMA_MODEL, "--n_ctx", "2048", "--n_threads", "1", "--seed", "0", "--verbose", "True",

@@ -24,6 +24,7 @@ from paretoserve.catalog.model import load_model
 from paretoserve.errors import UserError
 from paretoserve.perf.calibrated import Calibrated, Coefficients, load_step_model
 from paretoserve.perf.roofline import Roofline
+from prereq import missing
 from paretoserve.perf.shape import PrefillChunk, StepShape
 
 H100 = load_device("h100_sxm")
@@ -356,7 +357,7 @@ def test_real_h100_tables_fit_well_if_present():
     """Leave-one-out on the measured H100 decode-attention table (benchmarks report all kinds)."""
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "kernels" / "h100_sxm"
     if not root.is_dir():
-        pytest.skip("shared kernel tables not present")
+        missing("shared kernel tables not present")
     table = find_kernel_tables(root, version="0.19.0")["generation_attention"]
     ape = np.abs(leave_one_out(table, H100) - table.latency_s) / table.latency_s
     assert float(np.median(ape)) < 0.05 and float(np.percentile(ape, 90)) < 0.15

@@ -13,6 +13,7 @@ import yaml
 from paretoserve.catalog import cpu_probe
 from paretoserve.catalog.device import FLOP_DTYPES, NUMERIC_FIELDS, DeviceSpec, list_devices, load_device
 from paretoserve.errors import UserError
+from prereq import missing
 
 GiB = 2**30
 HARDWARE_DIR = Path(__file__).resolve().parents[1] / "src" / "paretoserve" / "catalog" / "hardware"
@@ -141,7 +142,7 @@ def test_memory_capacity_spot_checks():
 def test_rtx_4090_capacity_is_what_the_real_vllm_run_saw():
     meta = SHARED_DATA / "serving_runs" / "rtx4090_llama3.1-8b_vllm0.19" / "meta.json"
     if not meta.is_file():
-        pytest.skip("../shared/data not present")
+        missing("../shared/data not present")
     seen = json.loads(meta.read_text())["hardware"]["device_total_memory_bytes"]
     assert load_device("rtx_4090").mem_capacity == seen
 

@@ -3,6 +3,7 @@ resume, Ray, and clear errors for bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from paretoserve.sim.api import simulate
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.deployment import kv_link
 from paretoserve.workload.synthetic import build_workload, rescale
+from prereq import missing
 
 MODEL, DEVICE = "Meta-Llama-3.1-8B", "h100_sxm"
 
@@ -104,7 +106,8 @@ def test_resume_reuses_every_unit(tmp_path):
 def ray_env(monkeypatch):
     """A local Ray instance without token auth, writing under a short temporary folder (Unix socket
     paths are limited to 107 bytes, which pytest's tmp_path can exceed)."""
-    pytest.importorskip("ray")
+    if importlib.util.find_spec("ray") is None:
+        missing("ray is not installed (make install-test)")
     folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("RAY_TMPDIR", folder)

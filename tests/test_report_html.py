@@ -24,6 +24,7 @@ from paretoserve.report.html import _tokens_by as tokens_by
 from paretoserve.report.html import plan_report, runs_report
 from paretoserve.runs import Run, RunWriter, read_run
 from paretoserve.sim.iteration import IterationRow
+from prereq import missing
 
 SLO = "ttft_p90=1s,tpot_p90=60ms"
 PLAN_FIGURES = ("pareto-ttft", "pareto-energy", "cdf", "timeline")
@@ -322,8 +323,9 @@ def _assert_rendered(dom: str, figure_ids: tuple[str, ...]) -> None:
         assert 'class="main-svg"' in dom[start:end], f"figure {fid} was not drawn"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_pages_render_in_headless_chromium(tmp_path: Path, sim_run: Run, real_run: Run) -> None:
+    if CHROMIUM is None:
+        missing("chromium is not installed (apt-get install chromium)")
     plans = make_plans()
     recommended = next(p for p in plans if p["recommended"])
     plan_page = plan_report(plans, title="plan", slo=SLO, recommended=recommended, recommended_run=sim_run,

@@ -172,3 +172,14 @@ def test_cli_bench_end_to_end(llama_server: LlamaServer, tmp_path) -> None:  # n
     assert run.config["tokenizer"]["style"] == "llama-cpp-python"
     assert all(r.prompt_tokens <= 64 and 1 <= r.output_tokens <= 8 for r in run.records)
     assert run.summary is not None and run.summary["completed"] == 6 and not run.summary["partial"]
+
+
+def test_llama_cpp_is_the_portable_build() -> None:
+    """make install-test builds llama.cpp with GGML_NATIVE=OFF: its CPU back end must not use AVX-512 or
+    AMX, which some virtual machines advertise but do not execute (a native build then dies with an
+    illegal instruction at the first completion). A native wheel reused from pip's cache fails here."""
+    import llama_cpp
+
+    features = dict(re.findall(r"(\w+) = (\d)", llama_cpp.llama_print_system_info().decode()))
+    assert features.get("AVX2") == "1", features
+    assert not [name for name, on in features.items() if on == "1" and name.startswith(("AVX512", "AMX"))], features

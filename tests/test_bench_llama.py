@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from paretoserve.bench.client import ClientConfig, make_session
+from paretoserve.bench.llama_server import llama_available
 from paretoserve.bench.loadgen import Job, LoadShape, run_load
 from paretoserve.bench.prompts import Prompt, build_prompts, probe_tokenizer
 from paretoserve.cli import commands  # noqa: F401  (registers the commands on `app`)
@@ -26,6 +27,7 @@ from paretoserve.cli.app import app
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.runs import read_run
 from paretoserve.workload.request import Request
+from prereq import missing
 from servers import LLAMA_MODEL, LlamaServer, _llama_server_fixture  # noqa: F401
 
 pytestmark = pytest.mark.server
@@ -178,6 +180,8 @@ def test_llama_cpp_is_the_portable_build() -> None:
     """make install-test builds llama.cpp with GGML_NATIVE=OFF: its CPU back end must not use AVX-512 or
     AMX, which some virtual machines advertise but do not execute (a native build then dies with an
     illegal instruction at the first completion). A native wheel reused from pip's cache fails here."""
+    if not llama_available():
+        missing("llama-cpp-python is not installed (make install-test)")
     import llama_cpp
 
     features = dict(re.findall(r"(\w+) = (\d)", llama_cpp.llama_print_system_info().decode()))

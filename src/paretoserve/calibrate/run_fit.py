@@ -21,9 +21,9 @@ requests down by sharing batches — but only the fitting requests' measurements
     loss = Σ_{metric ∈ TTFT, TPOT, E2E} Σ_{stat ∈ mean, p50, p90} ln(predicted / measured)²
            + 0.01 (ln s_compute)² + 0.01 (ln s_memory)²
 
-minimised by Nelder–Mead over (ln s_compute, ln s_memory, √(overhead / 1 ms), √(token overhead /
-1 µs)) from the datasheet values, then from the best point again (a restart), at most a few hundred
-simulations (each a few tens of milliseconds for a few hundred requests).
+minimised by Nelder–Mead (`scipy.optimize.minimize`) over (ln s_compute, ln s_memory,
+√(overhead / 1 ms), √(token overhead / 1 µs)) from the datasheet values, then from the best point
+again (a restart), at most a few hundred simulations (each a few tens of milliseconds for a few hundred requests).
 
 What the latencies identify: prefill work (TTFT) pins the compute scale; the per-iteration overhead
 and the memory scale trade off against each other, since a decode iteration reads the same weights
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.optimize import minimize
 
 from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.model import ModelSpec, bundled_model_names, load_model
@@ -415,45 +416,14 @@ def fit_run(setup: RunSetup, *, kernels: dict | None = None, start: Coefficients
 
 def _nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, *, step: float,
                  max_evaluations: int, tol: float = 1e-7) -> np.ndarray:
-    """Minimise `f` from `x0` (standard Nelder–Mead: reflection 1, expansion 2, contraction ½)."""
-    n = len(x0)
-    simplex = [np.array(x0, dtype=float)]
-    for i in range(n):
-        point = np.array(x0, dtype=float)
-        point[i] += step
-        simplex.append(point)
-    values = [f(p) for p in simplex]
-    used = n + 1
-    while used < max_evaluations:
-        order = np.argsort(values)
-        simplex = [simplex[i] for i in order]
-        values = [values[i] for i in order]
-        if abs(values[-1] - values[0]) <= tol * (abs(values[0]) + tol):
-            break
-        centroid = np.mean(simplex[:-1], axis=0)
-        reflected = centroid + (centroid - simplex[-1])
-        fr = f(reflected)
-        used += 1
-        if fr < values[0]:
-            expanded = centroid + 2.0 * (centroid - simplex[-1])
-            fe = f(expanded)
-            used += 1
-            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
-        elif fr < values[-2]:
-            simplex[-1], values[-1] = reflected, fr
-        else:
-            inside = fr >= values[-1]
-            contracted = centroid + 0.5 * ((simplex[-1] if inside else reflected) - centroid)
-            fc = f(contracted)
-            used += 1
-            if fc < min(fr, values[-1]):
-                simplex[-1], values[-1] = contracted, fc
-            else:  # shrink towards the best point
-                for i in range(1, n + 1):
-                    simplex[i] = simplex[0] + 0.5 * (simplex[i] - simplex[0])
-                    values[i] = f(simplex[i])
-                    used += 1
-    return simplex[int(np.argmin(values))]
+    """Minimise `f` from the simplex x0, x0 + step·e_i (`scipy.optimize.minimize`, Nelder–Mead with
+    the standard coefficients) until the simplex's values agree to `tol` or after `max_evaluations`."""
+    x0 = np.asarray(x0, dtype=float)
+    simplex = np.vstack([x0, x0 + step * np.eye(len(x0))])
+    result = minimize(f, x0, method="Nelder-Mead",
+                      options={"initial_simplex": simplex, "maxfev": max_evaluations, "fatol": tol,
+                               "xatol": math.inf})
+    return result.x
 
 
 def compare_table(pred: Iterable[RequestRecord], measured: Iterable[RequestRecord],

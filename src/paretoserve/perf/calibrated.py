@@ -449,10 +449,12 @@ class Calibrated(StepTimeModel):
 
 
 class _Table2D:
-    """Bilinear interpolation in (ln x, ln y) with clamping, in pure Python (hot path).
+    """Bilinear interpolation in (ln x, ln y) with clamping, in pure Python: the scalar fast path.
 
     Built on a grid's own nodes along the two free axes with the other axes fixed, it equals the
-    grid's multilinear query exactly (multilinear interpolation is separable).
+    grid's multilinear query exactly (multilinear interpolation is separable). One prefill step asks
+    for one (batch, length) point per attention group: here under 1 µs, where `Grid.query`
+    (`RegularGridInterpolator`, made for arrays of points) takes ~280 µs for a single point.
     """
 
     def __init__(self, xs: np.ndarray, ys: np.ndarray, values: np.ndarray) -> None:

@@ -147,8 +147,7 @@ class _Interpolator:
         self.free = [i for i, v in enumerate(logv) if len(v) > 1]
         single = tuple(slice(None) if len(v) > 1 else 0 for v in logv)
         values = table[single]
-        self.rgi = (RegularGridInterpolator([logv[i] for i in self.free], values, method="linear")
-                    if self.free else None)
+        self.rgi = RegularGridInterpolator([logv[i] for i in self.free], values) if self.free else None
         self.constant = float(values) if not self.free else 0.0
 
     def __call__(self, logp: np.ndarray) -> np.ndarray:
@@ -193,15 +192,20 @@ class Grid:
         """Multilinear interpolation of `ln e` at rows of shape values (clamped to the grid)."""
         points = np.atleast_2d(np.asarray(points, dtype=np.float64))
         logp = np.log(np.maximum(points, 1e-300))
-        result = self._whole(logp)
-        if self._by_class:
-            m = points[:, 0]
-            cls = align_class(m, self.align)
-            for a, interpolate in self._by_class.items():
-                idx = self.classes[a]
-                sel = (cls == a) & (m >= self.values[0][idx[0]]) & (m <= self.values[0][idx[-1]])
-                if sel.any():
-                    result[sel] = interpolate(logp[sel])
+        if not self._by_class:
+            return self._whole(logp)
+        result = np.empty(len(points))
+        rest = np.ones(len(points), dtype=bool)
+        m = points[:, 0]
+        cls = align_class(m, self.align)
+        for a, interpolate in self._by_class.items():
+            idx = self.classes[a]
+            sel = (cls == a) & (m >= self.values[0][idx[0]]) & (m <= self.values[0][idx[-1]])
+            if sel.any():
+                result[sel] = interpolate(logp[sel])
+                rest &= ~sel
+        if rest.any():
+            result[rest] = self._whole(logp[rest])
         return result
 
     def mapped(self, func: Callable[[np.ndarray], np.ndarray]) -> Grid:

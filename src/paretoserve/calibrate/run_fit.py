@@ -43,7 +43,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from paretoserve.catalog.device import DeviceSpec, load_device
-from paretoserve.catalog.model import ModelSpec, bundled_model_names, load_model
+from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.errors import UserError
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.perf.calibrated import Calibrated, Coefficients
@@ -97,20 +97,6 @@ class RunSetup:
         return {"model": self.model.name, "hardware": self.device.name, "tp": self.tp, "pp": self.pp,
                 "kv_tokens": self.kv_tokens, "block_size": self.block_size, "max_num_seqs": self.max_num_seqs,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "prefix_caching": self.prefix_caching}
-
-
-def _resolve_model(name: str) -> ModelSpec:
-    """A catalog model from a served name: bundled name, path, or a Hugging Face id ("org/Name")."""
-    try:
-        return load_model(name)
-    except UserError:
-        pass
-    tail = name.rstrip("/").split("/")[-1].lower()
-    matches = [n for n in bundled_model_names() if n.lower() == tail or n.lower().endswith("-" + tail)]
-    if len(matches) == 1:
-        return load_model(matches[0])
-    raise UserError(f"the run's model '{name}' is not in the catalog; pass --model (a bundled name or a "
-                    "config.json)")
 
 
 def _engine_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +167,11 @@ def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None
     model_name = pick("model", model)
     if model_name is None:
         raise UserError("the run folder does not record the model; pass --model", file=where)
-    spec = _resolve_model(str(model_name))
+    try:  # a bundled name, a config.json path, or a Hugging Face id ("org/Name") of a bundled model
+        spec = load_model(str(model_name))
+    except UserError:
+        raise UserError(f"the run's model '{model_name}' is not in the catalog; pass --model (a bundled name "
+                        "or a config.json)", file=where) from None
     hw = pick("hardware", hardware)
     if hw is None:
         raise UserError("the run folder does not record the hardware; pass --hardware", file=where)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import html
 import json
+
+from markupsafe import escape
 
 import paretoserve
 from paretoserve.metrics.slo import parse_slo
@@ -24,7 +25,7 @@ def test_library_plan_writes_the_report_of_its_search(tmp_path) -> None:
     assert result.report == tmp_path / "plan" / "report.html"
     rows = [json.loads(line) for line in (tmp_path / "plan" / "plans.jsonl").read_text().splitlines()]
     recommended = next(r for r in rows if r["recommended"])
-    assert f"Recommended plan: {html.escape(recommended['label'])}" in page
+    assert f"Recommended plan: {escape(recommended['label'])}" in page
     assert "Plan: Meta-Llama-3.1-8B on azure-conv" in page
 
 

@@ -55,24 +55,16 @@ from paretoserve.plan.pareto import pareto_mask
 from paretoserve.runs import SUMMARY_FILE, Run
 
 ITERATIONS_FILE = "iterations.csv"
-
 _ITERATION_COLUMNS = ("replica", "start_s", "duration_s", "kv_used", "waiting", "running")
 
 _DASH = "–"
-
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
             "#7f7f7f", "#bcbd22")
-
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "cross", "triangle-down")
-
 _CDF_POINTS = 400  # points per CDF curve (the curve of a large run is sampled at this many ranks)
-
 _TIMELINE_BINS = 120
-
 _SCATTER_POINTS = 5000  # at most this many requests in the predicted-vs-measured scatter
-
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
-
 _LOG_RATIO = 30.0  # an axis spanning more than this factor is drawn on a log scale
 
 
@@ -175,12 +167,25 @@ def _device_type(plan: dict[str, Any]) -> str:
     return str(plan["plan"].get("device", "?"))
 
 
+#: How each figure of a plan is printed: format spec, or "ms" for seconds shown in milliseconds. In the
+#: order of the ranked table's columns.
+_PLAN_FIGURES = {"max_rate_rps": ",.2f", "goodput_rps": ",.2f", "usd_per_hour": ",.2f",
+                 "usd_per_million_tokens": ",.3f", "ttft_p90_s": "ms", "tpot_p90_s": "ms", "e2e_p90_s": "ms",
+                 "joules_per_token": ".3g", "goodput_per_device": ",.3f", "goodput_per_usd_hour": ",.3f",
+                 "slo_attainment": ".1%"}
+
+
+def _plan_text(plan: dict[str, Any], key: str) -> str:
+    """One figure of a plan as printed on the page (a dash when it has none)."""
+    spec = _PLAN_FIGURES[key]
+    return _ms(plan.get(key)) if spec == "ms" else _fmt(plan.get(key), spec)
+
+
 def _hover(plan: dict[str, Any]) -> list[Any]:
     """customdata for one plan's hover text (see `_HOVER`)."""
-    return [plan["label"], plan["devices"], _fmt(plan.get("usd_per_million_tokens"), ",.3f"),
-            _ms(plan.get("ttft_p90_s")), _ms(plan.get("tpot_p90_s")), _ms(plan.get("e2e_p90_s")),
-            _fmt(plan.get("joules_per_token"), ".3g"), _fmt(plan.get("goodput_rps"), ",.2f"),
-            _fmt(plan.get("usd_per_hour"), ",.2f"), _fmt(plan.get("slo_attainment"), ".1%")]
+    return [plan["label"], plan["devices"],
+            *(_plan_text(plan, key) for key in ("usd_per_million_tokens", "ttft_p90_s", "tpot_p90_s", "e2e_p90_s",
+                                                "joules_per_token", "goodput_rps", "usd_per_hour", "slo_attainment"))]
 
 
 _HOVER = ("<b>%{customdata[0]}</b><br>devices %{customdata[1]}<br>$/M tok %{customdata[2]}"
@@ -318,27 +323,17 @@ _FRONT_HEADER = ("#", "plan", "devices", "max rate req/s", "goodput req/s", "$/h
 
 def _front_row(plan: dict[str, Any]) -> dict[str, Any]:
     """What the ranked table shows of one front plan: its figures, configuration and reproduce command."""
-    cells = [str(plan["devices"]), _fmt(plan.get("max_rate_rps"), ",.2f"), _fmt(plan.get("goodput_rps"), ",.2f"),
-             _fmt(plan.get("usd_per_hour"), ",.2f"), _fmt(plan.get("usd_per_million_tokens"), ",.3f"),
-             _ms(plan.get("ttft_p90_s")), _ms(plan.get("tpot_p90_s")), _ms(plan.get("e2e_p90_s")),
-             _fmt(plan.get("joules_per_token"), ".3g"), _fmt(plan.get("goodput_per_device"), ",.3f"),
-             _fmt(plan.get("goodput_per_usd_hour"), ",.3f"), _fmt(plan.get("slo_attainment"), ".1%")]
+    cells = [str(plan["devices"]), *(_plan_text(plan, key) for key in _PLAN_FIGURES)]
     return {"label": plan["label"], "marks": _marks(plan), "cells": cells, "recommended": plan.get("recommended"),
             "config": _plan_config(plan["plan"]), "command": plan["command"]}
 
 
 def _recommended(plan: dict[str, Any]) -> dict[str, Any]:
     """The recommended plan's headline figures, reasons, configuration and reproduce command."""
-    cards = [
-        ("devices", str(plan["devices"])),
-        ("$ per million output tokens", _fmt(plan.get("usd_per_million_tokens"), ",.3f")),
-        ("goodput (req/s)", _fmt(plan.get("goodput_rps"), ",.2f")),
-        ("max rate (req/s)", _fmt(plan.get("max_rate_rps"), ",.2f")),
-        ("TTFT p90 (ms)", _ms(plan.get("ttft_p90_s"))),
-        ("TPOT p90 (ms)", _ms(plan.get("tpot_p90_s"))),
-        ("J per output token", _fmt(plan.get("joules_per_token"), ".3g")),
-        ("$ per hour", _fmt(plan.get("usd_per_hour"), ",.2f")),
-    ]
+    cards = [("devices", str(plan["devices"]))] + [(label, _plan_text(plan, key)) for label, key in (
+        ("$ per million output tokens", "usd_per_million_tokens"), ("goodput (req/s)", "goodput_rps"),
+        ("max rate (req/s)", "max_rate_rps"), ("TTFT p90 (ms)", "ttft_p90_s"), ("TPOT p90 (ms)", "tpot_p90_s"),
+        ("J per output token", "joules_per_token"), ("$ per hour", "usd_per_hour"))]
     reasons = [line.strip(" -•") for line in str(plan.get("reason") or "").splitlines() if line.strip(" -•")]
     return {"label": plan["label"], "cards": cards, "reasons": reasons, "config": _plan_config(plan["plan"]),
             "command": plan["command"]}

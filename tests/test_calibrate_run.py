@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from paretoserve.calibrate.profile import load_profile
 from paretoserve.calibrate.run_fit import RunSetup, fit_run, run_setup, simulate_setup
 from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
@@ -18,6 +17,7 @@ from paretoserve.cli import commands  # noqa: F401  (registers the commands)
 from paretoserve.cli.app import app
 from paretoserve.errors import UserError
 from paretoserve.perf.calibrated import Calibrated, Coefficients
+from paretoserve.perf.profile import load_profile
 from paretoserve.runs import RunWriter, read_run
 from paretoserve.workload.request import Request
 

@@ -49,8 +49,8 @@ def test_bad_device_flag(tmp_path):
 @needs_torch
 def test_quick_profile_writes_tables_and_a_usable_profile(tmp_path):
     from paretoserve.calibrate.kernel_tables import find_kernel_tables
-    from paretoserve.calibrate.profile import load_profile
     from paretoserve.perf.calibrated import Calibrated, load_step_model
+    from paretoserve.perf.profile import load_profile
     from paretoserve.perf.shape import PrefillChunk, StepShape
 
     out = tmp_path / "profiles" / "local.yaml"

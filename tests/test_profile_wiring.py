@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from paretoserve.calibrate.profile import Profile, save_profile
 from paretoserve.cli import commands  # noqa: F401  (registers the commands)
 from paretoserve.cli.app import app
 from paretoserve.perf.calibrated import Coefficients
+from paretoserve.perf.profile import Profile, save_profile
 
 OVERHEAD_S = 0.010  # a per-iteration overhead large enough to see in every figure
 

@@ -3,7 +3,6 @@ headless Chromium (plots drawn, no console errors, nothing fetched from the netw
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import shutil
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from markupsafe import escape
 from typer.testing import CliRunner
 
 from paretoserve.cli import commands  # noqa: F401  (registers the commands)
@@ -20,7 +20,6 @@ from paretoserve.cli.app import app
 from paretoserve.errors import UserError
 from paretoserve.metrics import RequestRecord, parse_slo, summarize
 from paretoserve.plan.pareto import knee_index, pareto_mask
-from paretoserve.report.html import _tokens_by as tokens_by
 from paretoserve.report.html import plan_report, runs_report
 from paretoserve.runs import Run, RunWriter, read_run
 from paretoserve.sim.iteration import IterationRow
@@ -184,12 +183,12 @@ def test_plan_report_has_front_table_commands_and_plots(tmp_path: Path, sim_run:
     front = [p for p in plans if p["pareto"]]
     assert page.count('<tr class="command">') == len(front) > 1
     for plan in front:
-        assert html.escape(plan["label"]) in page
-        assert html.escape(plan["command"]) in page
+        assert escape(plan["label"]) in page
+        assert escape(plan["command"]) in page
     off_front = next(p for p in plans if not p["pareto"])
-    assert html.escape(off_front["command"]) not in page  # only front plans are listed with commands
+    assert escape(off_front["command"]) not in page  # only front plans are listed with commands
     assert "cheapest plan meeting the SLO at 90% attainment" in page
-    assert f"Recommended plan: {html.escape(recommended['label'])}" in page
+    assert f"Recommended plan: {escape(recommended['label'])}" in page
     # Timelines of a simulated run with iterations.csv include its queue and KV panels.
     assert {"queue length (waiting)", "running requests", "KV cache used"} <= _plot_texts(page)
 
@@ -236,15 +235,6 @@ def test_runs_without_common_ids_get_no_scatter(tmp_path: Path, sim_run: Run) ->
     page = runs_report([sim_run, other_run], title="t", out_path=tmp_path / "x.html").read_text()
     assert "share no completed request id" in page
     assert "per-request" not in _figure_ids(page)
-
-
-def test_throughput_timeline_counts_every_output_token() -> None:
-    records = _records(10, itl=False)
-    t = np.array([0.0, records[0].first_token_s, 1e6])
-    produced = tokens_by(records, t)
-    assert produced[0] == 0.0
-    assert produced[1] == pytest.approx(1.0)  # the first request's first token, nothing else yet
-    assert produced[2] == pytest.approx(sum(r.output_tokens for r in records if r.ok))
 
 
 def test_malformed_iterations_and_summary_are_user_errors(tmp_path: Path, sim_run: Run) -> None:

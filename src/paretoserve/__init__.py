@@ -5,7 +5,7 @@ streaming per-request records) and `simulate_run` (a run folder), `plan` (deploy
 """
 
 from paretoserve.perf.estimate import estimate
-from paretoserve.plan.api import plan
+from paretoserve.planning import plan
 from paretoserve.sim.api import simulate, simulate_run
 
 __all__ = ["estimate", "plan", "simulate", "simulate_run"]

@@ -3,8 +3,8 @@
 - `kernel_tables` reads measured kernel tables (GEMM, attention, all-reduce);
 - `kernel_fit` turns them into per-kernel efficiency grids (interpolated in log-shape space);
 - `transfer` moves a profiled device's curves to a new device from a few measured points;
-- `profile` reads and writes profile files, which `paretoserve.perf.calibrated.load_step_model`
-  turns into a `Calibrated` step-time model.
+- the fits are stored in profile files (`paretoserve.perf.profile`, re-exported here), which
+  `paretoserve.perf.calibrated.load_step_model` turns into a `Calibrated` step-time model.
 
 The functions here are the library entry points the CLI calls.
 """
@@ -14,33 +14,30 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # imported lazily: perf.calibrated imports this package's kernel_fit
-    from paretoserve.calibrate.kernel_fit import KernelFit
-    from paretoserve.calibrate.kernel_tables import KernelTable
-    from paretoserve.calibrate.profile import Profile
-    from paretoserve.catalog.device import DeviceSpec
-
-_LAZY = {
-    "KernelFit": "paretoserve.calibrate.kernel_fit", "KernelTable": "paretoserve.calibrate.kernel_tables",
-    "find_kernel_tables": "paretoserve.calibrate.kernel_tables",
-    "load_kernel_table": "paretoserve.calibrate.kernel_tables", "Profile": "paretoserve.calibrate.profile",
-    "load_profile": "paretoserve.calibrate.profile", "save_profile": "paretoserve.calibrate.profile",
-    "TransferMap": "paretoserve.calibrate.transfer",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Lazy access to the submodules' main names (avoids an import cycle with perf.calibrated)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from paretoserve.calibrate.kernel_fit import (
+    ape_summary,
+    check_device,
+    datasheet_seconds,
+    fit_tables,
+    leave_one_out,
+    per_group,
+)
+from paretoserve.calibrate.kernel_tables import KernelTable, find_kernel_tables, load_kernel_table
+from paretoserve.calibrate.transfer import (
+    TRANSFER_KINDS,
+    TransferMap,
+    fit_transfer,
+    reference_log_efficiency,
+    select_points,
+    transfer_fits,
+)
+from paretoserve.catalog.device import DeviceSpec, load_device
+from paretoserve.errors import UserError
+from paretoserve.perf.fitted import KernelFit, ideal_seconds
+from paretoserve.perf.profile import Profile, load_profile, save_profile
 
 __all__ = [
     "KernelFit", "KernelTable", "Profile", "TransferMap", "calibrate_kernels", "find_kernel_tables",
@@ -50,9 +47,6 @@ __all__ = [
 
 def _device(device: str | DeviceSpec | None, tables: Mapping[str, KernelTable]) -> DeviceSpec:
     """`device`, or the catalog device the tables record when it is None."""
-    from paretoserve.catalog.device import load_device
-    from paretoserve.errors import UserError
-
     if device is not None:
         return load_device(device) if isinstance(device, str) else device
     recorded = sorted({t.device for t in tables.values() if t.device})
@@ -75,8 +69,6 @@ def _engine(tables: Mapping[str, KernelTable]) -> tuple[str, str]:
 
 def fit_quality(tables: Mapping[str, KernelTable], device: DeviceSpec) -> dict[str, dict[str, float]]:
     """Leave-one-out error of the fit per kernel kind, and the datasheet roofline's (fractions)."""
-    from paretoserve.calibrate.kernel_fit import ape_summary, datasheet_seconds, leave_one_out
-
     out = {}
     for kind, table in tables.items():
         s = ape_summary(leave_one_out(table, device), table.latency_s)
@@ -96,9 +88,6 @@ def calibrate_kernels(directory: str | os.PathLike[str], device: str | DeviceSpe
     baseline) are stored in `Profile.fit`. `device` defaults to the one the tables record; a table
     recording a different device than `device` is a `UserError`.
     """
-    from paretoserve.calibrate.kernel_fit import check_device, fit_tables
-    from paretoserve.calibrate.kernel_tables import find_kernel_tables
-    from paretoserve.calibrate.profile import Profile
 
     tables = find_kernel_tables(directory, framework=framework, version=version)
     dev = _device(device, tables)
@@ -120,11 +109,6 @@ def transfer_profile(reference: Profile, directory: str | os.PathLike[str],
     all their other rows measure the result: `Profile.fit[kind]` holds the held-out median and p90
     error of the transfer and, as the baseline, of the datasheet roofline with default efficiencies.
     """
-    from paretoserve.calibrate.kernel_fit import ape_summary, check_device, datasheet_seconds
-    from paretoserve.calibrate.kernel_tables import find_kernel_tables
-    from paretoserve.calibrate.profile import Profile
-    from paretoserve.calibrate.transfer import TRANSFER_KINDS, fit_transfer, select_points, transfer_fits
-    from paretoserve.errors import UserError
 
     tables = find_kernel_tables(directory, framework=framework, version=version)
     dev = _device(device, tables)
@@ -163,14 +147,5 @@ def transfer_profile(reference: Profile, directory: str | os.PathLike[str],
 
 def predict_seconds(fit: KernelFit, table: KernelTable, device: DeviceSpec) -> np.ndarray:
     """Fitted seconds of every row of `table`."""
-    from paretoserve.calibrate.kernel_fit import group_keys, ideal_seconds
-    from paretoserve.calibrate.transfer import reference_log_efficiency
-
-    ideal = np.empty(len(table))
-    cols, keys = group_keys(table)
-    joined = np.array(["\x1f".join(k) for k in keys])
-    for key in np.unique(joined):
-        sel = joined == key
-        category = dict(zip(cols, key.split("\x1f"), strict=True))
-        ideal[sel] = ideal_seconds(table.kind, device, {c: v[sel] for c, v in table.shape.items()}, category)
+    ideal = per_group(table, lambda category, shape, _sel: ideal_seconds(table.kind, device, shape, category))
     return ideal / np.exp(reference_log_efficiency(fit, table))

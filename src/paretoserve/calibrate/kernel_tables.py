@@ -32,6 +32,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from paretoserve.errors import UserError
+from paretoserve.perf.fitted import OPTIONAL_COLUMNS
 
 KernelKind = Literal["gemm", "context_attention", "generation_attention", "allreduce"]
 KERNEL_KINDS: tuple[KernelKind, ...] = ("gemm", "context_attention", "generation_attention", "allreduce")
@@ -43,16 +44,12 @@ SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "generation_attention": ("batch_size", "step", "num_heads", "num_key_value_heads", "head_dim"),
     "allreduce": ("num_gpus", "message_size"),
 }
-#: Categorical columns each kind needs, and the default of optional ones.
+#: Categorical columns each kind needs (the optional ones and their defaults: `OPTIONAL_COLUMNS`).
 CATEGORY_COLUMNS: dict[str, tuple[str, ...]] = {
     "gemm": ("gemm_dtype",),
     "context_attention": ("kv_cache_dtype",),
     "generation_attention": ("kv_cache_dtype",),
     "allreduce": (),
-}
-OPTIONAL_COLUMNS: dict[str, dict[str, int]] = {
-    "context_attention": {"window_size": 0},
-    "generation_attention": {"window_size": 0},
 }
 #: File names (without suffix) of each kind, as in shared/data/kernels.
 FILE_STEMS: dict[str, tuple[str, ...]] = {
@@ -97,20 +94,6 @@ class KernelTable:
         return KernelTable(self.kind, {k: v[mask] for k, v in self.shape.items()},
                            {k: v[mask] for k, v in self.category.items()}, self.latency_s[mask],
                            self.source, self.device, self.framework, self.version, self.extra)
-
-    def to_arrow(self) -> pa.Table:
-        """The table in the shared schema (latency back in milliseconds)."""
-        cols: dict[str, pa.Array] = {}
-        for name, values in {**self.shape, **self.category}.items():
-            cols[name] = pa.array(values.tolist())
-        cols["latency"] = pa.array((self.latency_s * 1e3).tolist(), pa.float64())
-        if self.device:
-            cols["device"] = pa.array([self.device] * len(self))
-        if self.framework:
-            cols["framework"] = pa.array([self.framework] * len(self))
-        if self.version:
-            cols["version"] = pa.array([self.version] * len(self))
-        return pa.table(cols)
 
 
 def infer_kind(path: Path, table: pa.Table | None = None) -> KernelKind:

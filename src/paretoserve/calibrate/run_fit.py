@@ -21,9 +21,9 @@ requests down by sharing batches — but only the fitting requests' measurements
     loss = Σ_{metric ∈ TTFT, TPOT, E2E} Σ_{stat ∈ mean, p50, p90} ln(predicted / measured)²
            + 0.01 (ln s_compute)² + 0.01 (ln s_memory)²
 
-minimised by Nelder–Mead over (ln s_compute, ln s_memory, √(overhead / 1 ms), √(token overhead /
-1 µs)) from the datasheet values, then from the best point again (a restart), at most a few hundred
-simulations (each a few tens of milliseconds for a few hundred requests).
+minimised by Nelder–Mead (`scipy.optimize.minimize`) over (ln s_compute, ln s_memory,
+√(overhead / 1 ms), √(token overhead / 1 µs)) from the datasheet values, then from the best point
+again (a restart), at most a few hundred simulations (each a few tens of milliseconds for a few hundred requests).
 
 What the latencies identify: prefill work (TTFT) pins the compute scale; the per-iteration overhead
 and the memory scale trade off against each other, since a decode iteration reads the same weights
@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.optimize import minimize
 
 from paretoserve.catalog.device import DeviceSpec, load_device
-from paretoserve.catalog.model import ModelSpec, bundled_model_names, load_model
+from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.errors import UserError
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.perf.calibrated import Calibrated, Coefficients
@@ -96,20 +97,6 @@ class RunSetup:
         return {"model": self.model.name, "hardware": self.device.name, "tp": self.tp, "pp": self.pp,
                 "kv_tokens": self.kv_tokens, "block_size": self.block_size, "max_num_seqs": self.max_num_seqs,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "prefix_caching": self.prefix_caching}
-
-
-def _resolve_model(name: str) -> ModelSpec:
-    """A catalog model from a served name: bundled name, path, or a Hugging Face id ("org/Name")."""
-    try:
-        return load_model(name)
-    except UserError:
-        pass
-    tail = name.rstrip("/").split("/")[-1].lower()
-    matches = [n for n in bundled_model_names() if n.lower() == tail or n.lower().endswith("-" + tail)]
-    if len(matches) == 1:
-        return load_model(matches[0])
-    raise UserError(f"the run's model '{name}' is not in the catalog; pass --model (a bundled name or a "
-                    "config.json)")
 
 
 def _engine_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +167,11 @@ def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None
     model_name = pick("model", model)
     if model_name is None:
         raise UserError("the run folder does not record the model; pass --model", file=where)
-    spec = _resolve_model(str(model_name))
+    try:  # a bundled name, a config.json path, or a Hugging Face id ("org/Name") of a bundled model
+        spec = load_model(str(model_name))
+    except UserError:
+        raise UserError(f"the run's model '{model_name}' is not in the catalog; pass --model (a bundled name "
+                        "or a config.json)", file=where) from None
     hw = pick("hardware", hardware)
     if hw is None:
         raise UserError("the run folder does not record the hardware; pass --hardware", file=where)
@@ -415,45 +406,14 @@ def fit_run(setup: RunSetup, *, kernels: dict | None = None, start: Coefficients
 
 def _nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, *, step: float,
                  max_evaluations: int, tol: float = 1e-7) -> np.ndarray:
-    """Minimise `f` from `x0` (standard Nelder–Mead: reflection 1, expansion 2, contraction ½)."""
-    n = len(x0)
-    simplex = [np.array(x0, dtype=float)]
-    for i in range(n):
-        point = np.array(x0, dtype=float)
-        point[i] += step
-        simplex.append(point)
-    values = [f(p) for p in simplex]
-    used = n + 1
-    while used < max_evaluations:
-        order = np.argsort(values)
-        simplex = [simplex[i] for i in order]
-        values = [values[i] for i in order]
-        if abs(values[-1] - values[0]) <= tol * (abs(values[0]) + tol):
-            break
-        centroid = np.mean(simplex[:-1], axis=0)
-        reflected = centroid + (centroid - simplex[-1])
-        fr = f(reflected)
-        used += 1
-        if fr < values[0]:
-            expanded = centroid + 2.0 * (centroid - simplex[-1])
-            fe = f(expanded)
-            used += 1
-            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
-        elif fr < values[-2]:
-            simplex[-1], values[-1] = reflected, fr
-        else:
-            inside = fr >= values[-1]
-            contracted = centroid + 0.5 * ((simplex[-1] if inside else reflected) - centroid)
-            fc = f(contracted)
-            used += 1
-            if fc < min(fr, values[-1]):
-                simplex[-1], values[-1] = contracted, fc
-            else:  # shrink towards the best point
-                for i in range(1, n + 1):
-                    simplex[i] = simplex[0] + 0.5 * (simplex[i] - simplex[0])
-                    values[i] = f(simplex[i])
-                    used += 1
-    return simplex[int(np.argmin(values))]
+    """Minimise `f` from the simplex x0, x0 + step·e_i (`scipy.optimize.minimize`, Nelder–Mead with
+    the standard coefficients) until the simplex's values agree to `tol` or after `max_evaluations`."""
+    x0 = np.asarray(x0, dtype=float)
+    simplex = np.vstack([x0, x0 + step * np.eye(len(x0))])
+    result = minimize(f, x0, method="Nelder-Mead",
+                      options={"initial_simplex": simplex, "maxfev": max_evaluations, "fatol": tol,
+                               "xatol": math.inf})
+    return result.x
 
 
 def compare_table(pred: Iterable[RequestRecord], measured: Iterable[RequestRecord],

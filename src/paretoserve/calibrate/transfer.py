@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from paretoserve.calibrate.kernel_fit import Grid, KernelFit, observed_log_efficiency, per_group
+from paretoserve.calibrate.kernel_fit import observed_log_efficiency, per_group
 from paretoserve.calibrate.kernel_tables import KernelTable
 from paretoserve.catalog.device import DeviceSpec
 from paretoserve.errors import UserError
+from paretoserve.perf.fitted import Grid, KernelFit
 
 #: Kernel kinds that take part in the transfer (all-reduce keeps the reference link efficiency).
 TRANSFER_KINDS: tuple[str, ...] = ("gemm", "context_attention", "generation_attention")

@@ -233,11 +233,6 @@ class ModelSpec:
             active += count * layer_active
         return ParamCount(total=total, active=active, embedding=embedding, lm_head=lm_head)
 
-    @property
-    def is_moe(self) -> bool:
-        """True when any layer routes tokens to experts."""
-        return any(layer.mlp.kind == "moe" for layer in self.layers)
-
     def kv_bytes_per_token(self, kv_dtype: str = "bf16") -> float:
         """KV-cache bytes per token of context for the whole model, ignoring window caps."""
         values = sum(layer.attention.kv_values_per_token() * n for layer, n in self.layer_groups)

@@ -12,7 +12,7 @@ from paretoserve.cli.app import app, console
 from paretoserve.errors import UserError
 
 if TYPE_CHECKING:
-    from paretoserve.calibrate.profile import Profile
+    from paretoserve.perf.profile import Profile
 
 _KIND_NAMES = {"gemm": "GEMM", "context_attention": "context attention",
                "generation_attention": "generation attention", "allreduce": "all-reduce"}
@@ -57,7 +57,7 @@ def calibrate_cmd(
 ) -> None:
     """Fit per-kernel efficiencies (GEMM, attention, all-reduce) and write a profile for --profile."""
     from paretoserve.calibrate import calibrate_kernels, transfer_profile
-    from paretoserve.calibrate.profile import load_profile, save_profile
+    from paretoserve.perf.profile import load_profile, save_profile
 
     if from_run is not None:
         if kernels is not None:
@@ -112,8 +112,8 @@ def print_fit_quality(profile: Profile) -> None:
 def _calibrate_run(run_dir: Path, out: Path, base: Path | None, fit_fraction: float,
                    **overrides: object) -> None:
     """`calibrate --from RUN`: fit the global coefficients to a measured run and write a profile."""
-    from paretoserve.calibrate.profile import Profile, load_profile, save_profile
     from paretoserve.calibrate.run_fit import fit_run, run_setup
+    from paretoserve.perf.profile import Profile, load_profile, save_profile
     from paretoserve.runs import read_run
 
     run = read_run(run_dir)

@@ -12,8 +12,9 @@ from rich.table import Table
 from paretoserve.cli.app import app, console
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import parse_slo
-from paretoserve.plan.api import PlanResult, plan
+from paretoserve.plan.api import PlanResult
 from paretoserve.plan.space import SearchSpace
+from paretoserve.planning import plan
 
 
 def _ints(text: str | None, flag: str) -> list[int] | None:

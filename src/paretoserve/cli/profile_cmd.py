@@ -119,7 +119,7 @@ def measure(model: Any, hardware: Any, *, cuda: bool, quick: bool, tp: int = 1,
             progress: Callable[[str], None] | None = None) -> dict[str, dict[str, list]]:
     """Measure the model's kernels; returns column dicts per kind in the kernel-table schema."""
     torch = _import_torch()
-    from paretoserve.calibrate.kernel_fit import ideal_seconds
+    from paretoserve.perf.fitted import ideal_seconds
 
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -225,9 +225,9 @@ def profile_cmd(
 ) -> None:
     """Measure GEMM and attention kernels of a model on this machine and fit a local profile."""
     from paretoserve.calibrate import calibrate_kernels
-    from paretoserve.calibrate.profile import save_profile
     from paretoserve.catalog.device import load_device
     from paretoserve.catalog.model import load_model
+    from paretoserve.perf.profile import save_profile
 
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device {device!r}: expected cpu or cuda")

@@ -29,10 +29,10 @@ def validate_cmd(
     kv_tokens: int | None = typer.Option(None, "--kv-tokens", help="KV-cache capacity in tokens."),
 ) -> None:
     """Predict a measured run (same arrivals, lengths, engine settings) and print the errors."""
-    from paretoserve.calibrate.profile import load_profile
     from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
     from paretoserve.cli.calibrate_cmd import comparison_table
     from paretoserve.perf.calibrated import Coefficients
+    from paretoserve.perf.profile import load_profile
     from paretoserve.runs import RunWriter, read_run
 
     run = read_run(measured)

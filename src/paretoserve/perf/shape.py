@@ -40,11 +40,6 @@ class StepShape:
         """Tokens that go through the model's linear layers in this iteration."""
         return sum(c.tokens for c in self.prefill) + len(self.decode)
 
-    @property
-    def num_sampled(self) -> int:
-        """Sequences that produce an output token (need the LM head) in this iteration."""
-        return sum(1 for c in self.prefill if c.last) + len(self.decode)
-
 
 Bound = Literal["compute", "memory", "overhead", "comm"]
 

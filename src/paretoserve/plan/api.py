@@ -2,7 +2,8 @@
 
 The output folder holds `plans.jsonl` (every evaluated plan), `front.csv` (the Pareto front),
 `config.yaml` (the search), `evaluations.jsonl` (unit results; a rerun with the same folder resumes
-from it), `recommended/` (a full simulation of the recommended plan, a run folder) and `report.html`.
+from it) and `recommended/` (a full simulation of the recommended plan, a run folder). The report
+layer adds `report.html`: `paretoserve.plan` (`paretoserve.planning`) runs this search, then the report.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ from pathlib import Path
 import yaml
 
 from paretoserve.atomic import write_text_atomic
-from paretoserve.calibrate.profile import load_profile
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import Slo
+from paretoserve.perf.profile import load_profile
 from paretoserve.plan.search import PlanOutcome, PlanSearch, run_search
 from paretoserve.plan.space import SearchSpace
-from paretoserve.report.html import plan_report
-from paretoserve.runs import read_run
 from paretoserve.sim.api import simulate_run
 from paretoserve.sim.run_config import SimulateConfig
 from paretoserve.workload.traces import load_trace
@@ -74,14 +73,10 @@ def plan(model: str, *, trace: str, slo: Slo, space: SearchSpace, out: str | Pat
     outcome = run_search(plan_search, progress)
     verified = None
     recommended = outcome.recommended
-    recommended_run = None
     if recommended is not None and verify:
         verified = _verify(recommended, plan_search, out_dir / "recommended")
         recommended["verified"] = verified
-        recommended_run = read_run(out_dir / "recommended")
     _write_outputs(outcome, plan_search, out_dir)
-    plan_report(outcome.rows, title=f"Plan: {model} on {trace}", slo=str(slo), recommended=recommended,
-                recommended_run=recommended_run, out_path=out_dir / "report.html")
     return PlanResult(outcome, out_dir, verified)
 
 

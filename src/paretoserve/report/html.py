@@ -2,6 +2,8 @@
 
 Each page is one file that works offline: plotly.js is embedded once, inline, in the page head, and
 every figure after it is a ``<div>`` plus a small script that draws into it (no CDN, no network).
+The markup is in Jinja2 templates (`templates/`, autoescaped); this module builds the figures and
+the values the templates lay out; the series it draws come from `paretoserve.metrics.timeseries`.
 Values are SI in the data; milliseconds only on the page. Numbers from the simulator are labelled
 "estimated by simulation", numbers from a real server "measured".
 
@@ -14,6 +16,7 @@ Values are SI in the data; milliseconds only on the page. Numbers from the simul
 
 from __future__ import annotations
 
+import functools
 import html
 import itertools
 import math
@@ -24,20 +27,30 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import plotly.graph_objects as go
 import plotly.offline
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
+from markupsafe import Markup
 from plotly.subplots import make_subplots
 from pydantic import ValidationError
 
 from paretoserve.atomic import write_text_atomic
 from paretoserve.errors import UserError
-from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import Slo, parse_slo
 from paretoserve.metrics.summary import Summary, summarize
+from paretoserve.metrics.timeseries import (
+    cdf_points,
+    iteration_timelines,
+    latency_samples,
+    matched_latencies,
+    relative_errors,
+    request_timelines,
+    time_bins,
+)
 from paretoserve.plan.pareto import pareto_mask
 from paretoserve.runs import SUMMARY_FILE, Run
 
@@ -54,72 +67,17 @@ _SCATTER_POINTS = 5000  # at most this many requests in the predicted-vs-measure
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 _LOG_RATIO = 30.0  # an axis spanning more than this factor is drawn on a log scale
 
-_CSS = """
-:root { --ink:#1f2933; --muted:#616e7c; --line:#e4e7eb; --bg:#f5f7fa; }
-* { box-sizing: border-box; }
-body { margin:0; font:14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color:var(--ink); background:var(--bg); }
-header { background:#fff; border-bottom:1px solid var(--line); padding:20px 32px; }
-header h1 { margin:0 0 4px; font-size:22px; }
-header p { margin:2px 0; color:var(--muted); }
-main { max-width:1320px; margin:0 auto; padding:8px 32px 40px; }
-section { background:#fff; border:1px solid var(--line); border-radius:8px; margin:20px 0;
-          padding:16px 20px; }
-section h2 { margin:0 0 4px; font-size:17px; }
-section .note { color:var(--muted); margin:0 0 10px; }
-.badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600;
-         margin-right:6px; vertical-align:middle; }
-.estimated { background:#fff4e0; color:#9a5b00; border:1px solid #f0c98a; }
-.measured { background:#e3f6ea; color:#1d6b3a; border:1px solid #9ed4b1; }
-table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }
-table.compact { width:auto; min-width:50%; }
-table.compact td, table.compact th { padding:4px 16px; }
-th, td { padding:5px 8px; border-bottom:1px solid var(--line); text-align:right; vertical-align:top; }
-th { background:#f9fafb; font-weight:600; color:#3e4c59; position:sticky; top:0; }
-th:first-child, td:first-child, td.text, th.text { text-align:left; }
-tr.recommended td { background:#fff8f0; }
-tr.command td { border-bottom:2px solid var(--line); padding-top:0; }
-code, pre { font-family:"SFMono-Regular", Menlo, Consolas, monospace; font-size:12px; }
-code.cmd { display:inline-block; background:#f3f4f6; border:1px solid var(--line); border-radius:4px;
-           padding:2px 6px; white-space:pre-wrap; word-break:break-all; }
-button.copy { font-size:11px; margin-left:6px; padding:1px 6px; cursor:pointer; border:1px solid #cbd2d9;
-              background:#fff; border-radius:4px; }
-.cards { display:flex; flex-wrap:wrap; gap:12px; margin:10px 0; }
-.card { border:1px solid var(--line); border-radius:6px; padding:8px 14px; min-width:130px; }
-.card .value { font-size:18px; font-weight:600; }
-.card .label { color:var(--muted); font-size:12px; }
-ul.reasons { margin:6px 0 10px 18px; padding:0; }
-details pre { background:#f9fafb; border:1px solid var(--line); padding:8px; overflow:auto;
-              max-height:320px; }
-.mark { color:#c2410c; font-weight:600; }
-table.front td:nth-child(2), table.front th:nth-child(2) { text-align:left; }
-"""
-
-_COPY_SCRIPT = """
-function copyCode(button) {
-  var text = button.previousElementSibling.textContent;
-  if (navigator.clipboard) {
-    navigator.clipboard.writeText(text).then(function () { button.textContent = "copied"; },
-                                             function () { button.textContent = "select + copy"; });
-  }
-}
-"""
-
 
 # ------------------------------------------------------------------------------------------------
 # Page building blocks
 # ------------------------------------------------------------------------------------------------
 
-def _esc(text: object) -> str:
-    """`text` escaped for HTML."""
-    return html.escape(str(text), quote=True)
-
-
-def _badge(estimated: bool) -> str:
-    """The "estimated by simulation" or "measured" label."""
-    if estimated:
-        return '<span class="badge estimated">estimated by simulation</span>'
-    return '<span class="badge measured">measured</span>'
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The page templates (package data), every value escaped unless it is `Markup`."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("paretoserve.report", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
 
 
 def _version() -> str:
@@ -130,49 +88,29 @@ def _version() -> str:
         return "dev"
 
 
-def _page(title: str, what: str, badges: str, sections: Sequence[str]) -> str:
-    """The whole HTML document: head with CSS and plotly.js (once), header, then `sections`."""
-    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title>", f"<style>{_CSS}</style>",
-        "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>",
-        f"<script>{plotly.offline.get_plotlyjs()}</script>",
-        f"<script>{_COPY_SCRIPT}</script>", "</head>", "<body>",
-        f"<header><h1>{_esc(title)}</h1><p>{what}</p>",
-        f"<p>{badges} made {_esc(made)} by paretoserve {_esc(_version())}</p></header>",
-        "<main>", *sections, "</main>", "</body>", "</html>", ""])
+def _render(template: str, out_path: str | Path, *, title: str, badges: Sequence[bool], **context: Any) -> Path:
+    """Render `template` with the page head's values (plotly.js inline) and write it atomically."""
+    page = _templates().get_template(template).render(
+        title=title, badges=badges, made=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=_version(),
+        plotly_js=Markup(plotly.offline.get_plotlyjs()), dash=_DASH, **context)
+    path = Path(out_path)
+    write_text_atomic(path, page)
+    return path
 
 
-def _section(heading: str, body: str, note: str | None = None) -> str:
-    """A titled panel; `body` and `note` are HTML."""
-    note_html = f'<p class="note">{note}</p>' if note else ""
-    return f"<section><h2>{_esc(heading)}</h2>{note_html}{body}</section>"
-
-
-def _figure(fig: go.Figure, div_id: str) -> str:
+def _figure(fig: go.Figure, div_id: str) -> Markup:
     """The figure as a div drawn by an inline script (plotly.js is already in the page head)."""
-    return fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config=_PLOT_CONFIG)
+    return Markup(fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config=_PLOT_CONFIG))
 
 
-def _table(header: Sequence[str], rows: Sequence[str], css_class: str | None = None) -> str:
-    """A table with escaped `header` cells and `rows` given as ready ``<tr>`` HTML."""
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    attr = f' class="{css_class}"' if css_class else ""
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+@dataclass(frozen=True)
+class _Panel:
+    """A section holding one figure, or the message `empty` when there is nothing to draw."""
 
-
-def _row(cells: Sequence[str], css_class: str | None = None) -> str:
-    """One ``<tr>`` of ready HTML cells."""
-    attr = f' class="{css_class}"' if css_class else ""
-    return f"<tr{attr}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-
-
-def _command(command: str) -> str:
-    """A copyable shell command."""
-    return (f'<code class="cmd">{_esc(command)}</code>'
-            '<button class="copy" type="button" onclick="copyCode(this)">copy</button>')
+    heading: str
+    note: str | None
+    figure: Markup | None
+    empty: str = ""
 
 
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
@@ -229,12 +167,25 @@ def _device_type(plan: dict[str, Any]) -> str:
     return str(plan["plan"].get("device", "?"))
 
 
+#: How each figure of a plan is printed: format spec, or "ms" for seconds shown in milliseconds. In the
+#: order of the ranked table's columns.
+_PLAN_FIGURES = {"max_rate_rps": ",.2f", "goodput_rps": ",.2f", "usd_per_hour": ",.2f",
+                 "usd_per_million_tokens": ",.3f", "ttft_p90_s": "ms", "tpot_p90_s": "ms", "e2e_p90_s": "ms",
+                 "joules_per_token": ".3g", "goodput_per_device": ",.3f", "goodput_per_usd_hour": ",.3f",
+                 "slo_attainment": ".1%"}
+
+
+def _plan_text(plan: dict[str, Any], key: str) -> str:
+    """One figure of a plan as printed on the page (a dash when it has none)."""
+    spec = _PLAN_FIGURES[key]
+    return _ms(plan.get(key)) if spec == "ms" else _fmt(plan.get(key), spec)
+
+
 def _hover(plan: dict[str, Any]) -> list[Any]:
     """customdata for one plan's hover text (see `_HOVER`)."""
-    return [plan["label"], plan["devices"], _fmt(plan.get("usd_per_million_tokens"), ",.3f"),
-            _ms(plan.get("ttft_p90_s")), _ms(plan.get("tpot_p90_s")), _ms(plan.get("e2e_p90_s")),
-            _fmt(plan.get("joules_per_token"), ".3g"), _fmt(plan.get("goodput_rps"), ",.2f"),
-            _fmt(plan.get("usd_per_hour"), ",.2f"), _fmt(plan.get("slo_attainment"), ".1%")]
+    return [plan["label"], plan["devices"],
+            *(_plan_text(plan, key) for key in ("usd_per_million_tokens", "ttft_p90_s", "tpot_p90_s", "e2e_p90_s",
+                                                "joules_per_token", "goodput_rps", "usd_per_hour", "slo_attainment"))]
 
 
 _HOVER = ("<b>%{customdata[0]}</b><br>devices %{customdata[1]}<br>$/M tok %{customdata[2]}"
@@ -263,7 +214,11 @@ class _Axis:
 
 
 _COST = _Axis("usd_per_million_tokens", "cost ($ per million output tokens)")
+
+
 _TTFT = _Axis("ttft_p90_s", "TTFT p90 (ms)", 1e3)
+
+
 _ENERGY = _Axis("joules_per_token", "energy (J per output token)")
 
 
@@ -343,7 +298,7 @@ def _mark_plan(fig: go.Figure, plan: dict[str, Any], y: _Axis, *, log_x: bool, l
                                          "size": _marker_size(plan["devices"]) + 16}))
         fig.add_annotation(x=math.log10(x_value) if log_x else x_value,
                            y=math.log10(y_value) if log_y else y_value,
-                           text=f"recommended: {_esc(plan['label'])}", showarrow=True, arrowhead=2,
+                           text=f"recommended: {html.escape(plan['label'])}", showarrow=True, arrowhead=2,
                            ax=40, ay=-40, font={"color": "#d62728"})
 
 
@@ -359,57 +314,29 @@ def _marks(plan: dict[str, Any]) -> str:
     marks = [m for key, m in (("recommended", "★ recommended"), ("knee", "knee")) if plan.get(key)]
     if not plan.get("feasible"):
         marks.append("misses SLO")
-    return f'<span class="mark">{_esc(", ".join(marks))}</span>' if marks else ""
+    return ", ".join(marks)
 
 
 _FRONT_HEADER = ("#", "plan", "devices", "max rate req/s", "goodput req/s", "$/h", "$/M tok", "TTFT p90 ms",
                  "TPOT p90 ms", "E2E p90 ms", "J/tok", "goodput/device", "goodput per $/h", "SLO att.")
 
 
-def _front_rows(rank: int, plan: dict[str, Any]) -> list[str]:
-    """The table row of one front plan and the row with its configuration and reproduce command."""
-    cells = [str(rank), f"<b>{_esc(plan['label'])}</b> {_marks(plan)}", str(plan["devices"]),
-             _fmt(plan.get("max_rate_rps"), ",.2f"), _fmt(plan.get("goodput_rps"), ",.2f"),
-             _fmt(plan.get("usd_per_hour"), ",.2f"), _fmt(plan.get("usd_per_million_tokens"), ",.3f"),
-             _ms(plan.get("ttft_p90_s")), _ms(plan.get("tpot_p90_s")), _ms(plan.get("e2e_p90_s")),
-             _fmt(plan.get("joules_per_token"), ".3g"), _fmt(plan.get("goodput_per_device"), ",.3f"),
-             _fmt(plan.get("goodput_per_usd_hour"), ",.3f"), _fmt(plan.get("slo_attainment"), ".1%")]
-    css = "recommended" if plan.get("recommended") else None
-    detail = (f'<td></td><td class="text" colspan="{len(_FRONT_HEADER) - 1}">'
-              f"{_esc(_plan_config(plan['plan']))}<br>{_command(plan['command'])}</td>")
-    return [_row(cells, css), f'<tr class="command">{detail}</tr>']
+def _front_row(plan: dict[str, Any]) -> dict[str, Any]:
+    """What the ranked table shows of one front plan: its figures, configuration and reproduce command."""
+    cells = [str(plan["devices"]), *(_plan_text(plan, key) for key in _PLAN_FIGURES)]
+    return {"label": plan["label"], "marks": _marks(plan), "cells": cells, "recommended": plan.get("recommended"),
+            "config": _plan_config(plan["plan"]), "command": plan["command"]}
 
 
-def _front_table(plans: list[dict[str, Any]]) -> str:
-    """Ranked table of the front plans, each with its reproduce command."""
-    front = sorted((p for p in plans if p.get("pareto")), key=_rank_key)
-    rows = [row for rank, plan in enumerate(front, start=1) for row in _front_rows(rank, plan)]
-    return _table(_FRONT_HEADER, rows, css_class="front")
-
-
-def _card(label: str, value: str) -> str:
-    """One headline figure."""
-    return (f'<div class="card"><div class="value">{_esc(value)}</div>'
-            f'<div class="label">{_esc(label)}</div></div>')
-
-
-def _recommended_section(plan: dict[str, Any]) -> str:
-    """The recommended plan: headline figures, reasons, configuration and reproduce command."""
-    cards = "".join([
-        _card("devices", str(plan["devices"])),
-        _card("$ per million output tokens", _fmt(plan.get("usd_per_million_tokens"), ",.3f")),
-        _card("goodput (req/s)", _fmt(plan.get("goodput_rps"), ",.2f")),
-        _card("max rate (req/s)", _fmt(plan.get("max_rate_rps"), ",.2f")),
-        _card("TTFT p90 (ms)", _ms(plan.get("ttft_p90_s"))),
-        _card("TPOT p90 (ms)", _ms(plan.get("tpot_p90_s"))),
-        _card("J per output token", _fmt(plan.get("joules_per_token"), ".3g")),
-        _card("$ per hour", _fmt(plan.get("usd_per_hour"), ",.2f")),
-    ])
+def _recommended(plan: dict[str, Any]) -> dict[str, Any]:
+    """The recommended plan's headline figures, reasons, configuration and reproduce command."""
+    cards = [("devices", str(plan["devices"]))] + [(label, _plan_text(plan, key)) for label, key in (
+        ("$ per million output tokens", "usd_per_million_tokens"), ("goodput (req/s)", "goodput_rps"),
+        ("max rate (req/s)", "max_rate_rps"), ("TTFT p90 (ms)", "ttft_p90_s"), ("TPOT p90 (ms)", "tpot_p90_s"),
+        ("J per output token", "joules_per_token"), ("$ per hour", "usd_per_hour"))]
     reasons = [line.strip(" -•") for line in str(plan.get("reason") or "").splitlines() if line.strip(" -•")]
-    reasons_html = "".join(f"<li>{_esc(r)}</li>" for r in reasons) or f"<li>{_DASH}</li>"
-    body = (f'<div class="cards">{cards}</div><b>Why</b><ul class="reasons">{reasons_html}</ul>'
-            f"<p>{_esc(_plan_config(plan['plan']))}</p><p>{_command(plan['command'])}</p>")
-    return _section(f"Recommended plan: {plan['label']}", body)
+    return {"label": plan["label"], "cards": cards, "reasons": reasons, "config": _plan_config(plan["plan"]),
+            "command": plan["command"]}
 
 
 def plan_report(plans: list[dict[str, Any]], *, title: str, slo: str | None,
@@ -429,48 +356,22 @@ def plan_report(plans: list[dict[str, Any]], *, title: str, slo: str | None,
         out_path: where to write the page (written atomically).
     """
     parsed_slo = parse_slo(slo) if slo else None
-    front_count = sum(1 for p in plans if p.get("pareto"))
-    feasible_count = sum(1 for p in plans if p.get("feasible"))
-    what = (f"Deployment plan search: {len(plans)} plans evaluated, {feasible_count} meet the SLO, "
-            f"{front_count} on the Pareto front (cost, latency, energy)."
-            + (f" SLO: <code>{_esc(slo)}</code>." if slo else ""))
-    ttft_slo = parsed_slo.ttft_s if parsed_slo else None
-    sections = [
-        _section("Pareto front: cost vs time to first token", _figure(
-            _plan_figure(plans, _TTFT, slo_s=ttft_slo), "pareto-ttft"),
-            note="Each point is a plan at the highest request rate at which it meets the SLO. "
-                 "Colour: TPOT p90; symbol: device type; size: devices. Front plans are outlined; the dotted "
-                 "staircase joins those that no plan beats on both axes shown. The star is the knee, the red "
-                 "ring the recommended plan. "
-                 "Hover a point for its figures; click legend entries to hide groups."),
-        _section("Pareto front: cost vs energy", _figure(
-            _plan_figure(plans, _ENERGY, slo_s=None), "pareto-energy"),
-            note="Energy per output token at the same rates; the front is over cost, TTFT, TPOT and energy, "
-                 "so in this plane some front plans are dominated."),
-        _section("Front plans, ranked", _front_table(plans),
-                 note="Ranked by cost per million output tokens (plans meeting the SLO first). The command "
-                      "under each plan reproduces its simulation."),
-    ]
-    if recommended is not None:
-        sections.append(_recommended_section(recommended))
-    else:
-        sections.append(_section("Recommended plan", "<p>No plan meets the SLO: nothing is recommended.</p>"))
+    counts = {"plans": len(plans), "feasible": sum(1 for p in plans if p.get("feasible")),
+              "front": sum(1 for p in plans if p.get("pareto"))}
+    run_panels = []
     if recommended_run is not None:
         view = _view(recommended_run, "recommended plan")
-        slo_for_run = parsed_slo or _summary_slo([view])
-        sections.append(_cdf_section([view], ("ttft", "tpot", "e2e"), slo_for_run,
-                                     "Recommended plan: latency distributions"))
-        sections.append(_section("Recommended plan: over time", _figure(_timeline_figure([view]), "timeline"),
-                                 note=_timeline_note([view])))
-    page = _page(title, what, _badge(True), sections)
-    return _write(out_path, page)
-
-
-def _write(out_path: str | Path, page: str) -> Path:
-    """Write the page atomically and return its path."""
-    path = Path(out_path)
-    write_text_atomic(path, page)
-    return path
+        run_panels = [_cdf_panel([view], ("ttft", "tpot", "e2e"), parsed_slo or _summary_slo([view]),
+                                 "Recommended plan: latency distributions"),
+                      _timeline_panel([view], "Recommended plan: over time")]
+    front = sorted((p for p in plans if p.get("pareto")), key=_rank_key)
+    return _render(
+        "plan.html.j2", out_path, title=title, badges=[True], counts=counts, slo=slo,
+        ttft_figure=_figure(_plan_figure(plans, _TTFT, slo_s=parsed_slo.ttft_s if parsed_slo else None),
+                            "pareto-ttft"),
+        energy_figure=_figure(_plan_figure(plans, _ENERGY, slo_s=None), "pareto-energy"),
+        front_header=_FRONT_HEADER, front=[_front_row(p) for p in front],
+        recommended=_recommended(recommended) if recommended is not None else None, run_panels=run_panels)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -542,15 +443,6 @@ def _summary_slo(views: Sequence[_RunView]) -> Slo | None:
     return next((parse_slo(v.summary.slo) for v in views if v.summary.slo), None)
 
 
-def _samples(records: Sequence[RequestRecord], metric: str) -> np.ndarray:
-    """Per-request `metric` ("ttft", "tpot", "e2e") of completed requests, or every gap for "itl"."""
-    ok = [r for r in records if r.ok]
-    if metric == "itl":
-        return np.fromiter((gap for r in ok for gap in (r.itl_s or ())), dtype=float)
-    values = (getattr(r, f"{metric}_s") for r in ok)
-    return np.fromiter((v for v in values if v is not None), dtype=float)
-
-
 # ------------------------------------------------------------------------------------------------
 # Runs: figures
 # ------------------------------------------------------------------------------------------------
@@ -566,35 +458,22 @@ def _line(view: _RunView, views: Sequence[_RunView]) -> dict[str, str]:
     return {"dash": "dash" if mixed and view.estimated else "solid"}
 
 
-def _cdf_points(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted values, cumulative fraction), at most `_CDF_POINTS` ranks of them."""
-    ordered = np.sort(values)
-    fraction = np.arange(1, ordered.size + 1) / ordered.size
-    if ordered.size > _CDF_POINTS:
-        keep = np.unique(np.linspace(0, ordered.size - 1, _CDF_POINTS).round().astype(int))
-        ordered, fraction = ordered[keep], fraction[keep]
-    return ordered, fraction
-
-
 _METRIC_TITLES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2e": "E2E"}
 
 
-def _cdf_section(views: Sequence[_RunView], metrics: Sequence[str], slo: Slo | None, heading: str) -> str:
-    """Section with overlaid CDFs of `metrics` (one panel per metric that has samples), or a note."""
-    samples = {m: [(i, v, _samples(v.run.records, m)) for i, v in enumerate(views)] for m in metrics}
+def _cdf_panel(views: Sequence[_RunView], metrics: Sequence[str], slo: Slo | None, heading: str) -> _Panel:
+    """Overlaid CDFs of `metrics` (one subplot per metric that has samples), or a message."""
+    samples = {m: [(i, v, latency_samples(v.run.records, m)) for i, v in enumerate(views)] for m in metrics}
     shown = [m for m in metrics if any(values.size for _, _, values in samples[m])]
     notes = [_run_note(views)]
     for metric in metrics:
         missing = [view.name for _, view, values in samples[metric] if values.size == 0]
         if missing:
-            notes.append(f"No {_METRIC_TITLES[metric]} samples in {_esc(', '.join(missing))}"
+            notes.append(f"No {_METRIC_TITLES[metric]} samples in {', '.join(missing)}"
                          + (" (per-token gaps are recorded by bench runs; a simulated run keeps ITL only in "
                             "its summary)." if metric == "itl" else "."))
-    if not shown:
-        return _section(heading, "<p>No completed request: no latency distribution.</p>",
-                        note=" ".join(notes))
-    fig = _cdf_figure({m: samples[m] for m in shown}, slo)
-    return _section(heading, _figure(fig, "cdf"), note=" ".join(notes))
+    figure = _figure(_cdf_figure({m: samples[m] for m in shown}, slo), "cdf") if shown else None
+    return _Panel(heading, " ".join(notes), figure, "No completed request: no latency distribution.")
 
 
 def _cdf_figure(samples: dict[str, list[tuple[int, _RunView, np.ndarray]]], slo: Slo | None) -> go.Figure:
@@ -609,7 +488,7 @@ def _cdf_figure(samples: dict[str, list[tuple[int, _RunView, np.ndarray]]], slo:
         for index, view, values in runs:
             if values.size == 0:
                 continue
-            x, y = _cdf_points(values * 1e3)
+            x, y = cdf_points(values * 1e3, _CDF_POINTS)
             fig.add_trace(go.Scatter(
                 x=x, y=y, mode="lines", name=view.name, legendgroup=view.name,
                 showlegend=view.name not in in_legend,
@@ -626,129 +505,45 @@ def _cdf_figure(samples: dict[str, list[tuple[int, _RunView, np.ndarray]]], slo:
     return _layout(fig, height=340 * rows + 60)
 
 
-@dataclass(frozen=True)
-class _Grid:
-    """Time bins shared by every run of a page: edges and centres in seconds."""
-
-    edges: np.ndarray
-
-    @property
-    def centres(self) -> np.ndarray:
-        """Bin midpoints."""
-        return (self.edges[:-1] + self.edges[1:]) / 2
-
-    @property
-    def width(self) -> float:
-        """Bin width in seconds."""
-        return float(self.edges[1] - self.edges[0])
-
-
-def _grid(views: Sequence[_RunView]) -> _Grid:
-    """`_TIMELINE_BINS` bins from 0 to the last token (or arrival) of any run."""
-    end = max((r.last_token_s if r.last_token_s is not None else r.arrival_s
-               for v in views for r in v.run.records), default=0.0)
-    return _Grid(np.linspace(0.0, max(end, 1e-3), _TIMELINE_BINS + 1))
-
-
-def _ramp_sum(points: np.ndarray, rates: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Σ rates_i · max(0, t − points_i) at each t, in O((n + len(t)) log n)."""
-    order = np.argsort(points)
-    p, r = points[order], rates[order]
-    slope = np.concatenate(([0.0], np.cumsum(r)))
-    offset = np.concatenate(([0.0], np.cumsum(r * p)))
-    k = np.searchsorted(p, t, side="right")
-    return t * slope[k] - offset[k]
-
-
-def _step_sum(points: np.ndarray, amounts: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Σ amounts_i · [points_i ≤ t] at each t."""
-    order = np.argsort(points)
-    cumulative = np.concatenate(([0.0], np.cumsum(amounts[order])))
-    return cumulative[np.searchsorted(points[order], t, side="right")]
-
-
-def _tokens_by(records: Sequence[RequestRecord], t: np.ndarray) -> np.ndarray:
-    """Output tokens produced by each time in `t`: each request's first token at its first-token time,
-    the others spread evenly up to its last token."""
-    ok = [r for r in records if r.ok]
-    first = np.array([r.first_token_s for r in ok], dtype=float)
-    last = np.array([r.last_token_s for r in ok], dtype=float)
-    rest = np.array([max(r.output_tokens - 1, 0) for r in ok], dtype=float)
-    instant = last <= first
-    spread = ~instant
-    rates = rest[spread] / (last[spread] - first[spread])
-    return (_step_sum(first, np.ones_like(first), t) + _step_sum(last[instant], rest[instant], t)
-            + _ramp_sum(first[spread], rates, t) - _ramp_sum(last[spread], rates, t))
-
-
-def _record_series(view: _RunView, grid: _Grid) -> dict[str, np.ndarray]:
-    """Timelines from the records: output tokens/s, completions/s, requests in flight."""
-    records = view.run.records
-    ok = [r for r in records if r.ok]
-    done = np.sort([r.last_token_s for r in ok])
-    arrived = np.sort([r.arrival_s for r in ok])
-    completions, _ = np.histogram(done, bins=grid.edges)
-    tokens = np.diff(_tokens_by(records, grid.edges))
-    in_flight = (np.searchsorted(arrived, grid.centres, side="right")
-                 - np.searchsorted(done, grid.centres, side="right"))
-    return {"output tokens/s": tokens / grid.width, "completions/s": completions / grid.width,
-            "requests in flight": in_flight.astype(float)}
-
-
-def _state_at(ends: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """The value of the last step ending at or before each t (0 before the first)."""
-    index = np.searchsorted(ends, t, side="right") - 1
-    return np.where(index >= 0, values[np.clip(index, 0, None)], 0.0)
-
-
-def _iteration_series(columns: dict[str, np.ndarray], grid: _Grid) -> dict[str, np.ndarray]:
-    """Timelines from iterations.csv: queue length and running requests summed over replicas, and KV
-    cache use averaged over replicas, each replica holding the state at the end of its last step."""
-    ends = columns["start_s"] + columns["duration_s"]
-    replicas = np.unique(columns["replica"])
-    wanted = {"waiting": "queue length (waiting)", "running": "running requests", "kv_used": "KV cache used"}
-    series: dict[str, np.ndarray] = {}
-    for column, label in wanted.items():
-        if column not in columns:
-            continue
-        total = np.zeros_like(grid.centres)
-        for replica in replicas:
-            mine = columns["replica"] == replica
-            order = np.argsort(ends[mine], kind="stable")
-            total += _state_at(ends[mine][order], columns[column][mine][order], grid.centres)
-        series[label] = total / len(replicas) if column == "kv_used" else total
-    return series
-
-
-_FRACTION_SERIES = {"KV cache used"}
+#: Timeline panel titles of the series of `paretoserve.metrics.timeseries`.
+_TIMELINE_TITLES = {"output_tokens_per_s": "output tokens/s", "completions_per_s": "completions/s",
+                    "in_flight": "requests in flight", "waiting": "queue length (waiting)",
+                    "running": "running requests", "kv_used": "KV cache used"}
+_FRACTION_SERIES = {"kv_used"}
 
 
 def _timeline_figure(views: Sequence[_RunView]) -> go.Figure:
     """Stacked timelines (shared time axis), one colour per run."""
-    grid = _grid(views)
+    bins = time_bins(itertools.chain.from_iterable(v.run.records for v in views), _TIMELINE_BINS)
     per_run = []
     for view in views:
-        series = _record_series(view, grid)
+        series = request_timelines(view.run.records, bins)
         if view.iterations is not None:
-            series.update(_iteration_series(view.iterations, grid))
+            series.update(iteration_timelines(view.iterations, bins))
         per_run.append(series)
     panels = list(dict.fromkeys(name for series in per_run for name in series))
-    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, subplot_titles=panels,
-                        vertical_spacing=0.05)
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True,
+                        subplot_titles=[_TIMELINE_TITLES[p] for p in panels], vertical_spacing=0.05)
     for index, (view, series) in enumerate(zip(views, per_run, strict=True)):
         for row, panel in enumerate(panels, start=1):
             if panel not in series:
                 continue
             fig.add_trace(go.Scatter(
-                x=grid.centres, y=series[panel], mode="lines", name=view.name, legendgroup=view.name,
+                x=bins.centres, y=series[panel], mode="lines", name=view.name, legendgroup=view.name,
                 showlegend=row == 1, line={"color": _colour(index), "width": 1.5, **_line(view, views)},
-                hovertemplate=f"{view.name}<br>t=%{{x:.1f}} s<br>{panel}: %{{y:,.3g}}<extra></extra>"),
+                hovertemplate=f"{view.name}<br>t=%{{x:.1f}} s<br>{_TIMELINE_TITLES[panel]}: %{{y:,.3g}}"
+                              "<extra></extra>"),
                 row=row, col=1)
             if panel in _FRACTION_SERIES:
                 fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=row, col=1)
     fig.update_xaxes(title_text="time since the first arrival (s)", row=len(panels), col=1)
     fig.update_yaxes(rangemode="tozero")
     return _layout(fig, height=190 * len(panels) + 90)
+
+
+def _timeline_panel(views: Sequence[_RunView], heading: str) -> _Panel:
+    """The timelines' section."""
+    return _Panel(heading, _timeline_note(views), _figure(_timeline_figure(views), "timeline"))
 
 
 def _pair(views: Sequence[_RunView]) -> tuple[_RunView, _RunView] | None:
@@ -762,20 +557,9 @@ def _pair(views: Sequence[_RunView]) -> tuple[_RunView, _RunView] | None:
     return first, second
 
 
-def _matched(reference: _RunView, other: _RunView, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-request `metric` of the requests completed in both runs, matched by request id."""
-    theirs = {r.request_id: getattr(r, f"{metric}_s") for r in other.run.records if r.ok}
-    pairs = [(getattr(r, f"{metric}_s"), theirs[r.request_id]) for r in reference.run.records
-             if r.ok and r.request_id in theirs]
-    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-    array = np.array(pairs, dtype=float).reshape(-1, 2)
-    return array[:, 0], array[:, 1]
-
-
 def _error_text(reference: np.ndarray, other: np.ndarray) -> str:
     """Median and p90 of |other − reference| / reference, in percent."""
-    positive = reference > 0
-    errors = np.abs(other[positive] - reference[positive]) / reference[positive]
+    errors = relative_errors(reference, other)
     if errors.size == 0:
         return "no positive reference values"
     return (f"n={reference.size:,}, median |error| {np.median(errors):.1%}, "
@@ -795,7 +579,7 @@ def _axis_label(view: _RunView) -> str:
 def _comparison_figure(reference: _RunView, other: _RunView) -> tuple[go.Figure, list[str]] | None:
     """Per-request E2E and TTFT of `other` against `reference` with the y = x line, and a line of error
     figures per metric; None when the two runs share no completed request id."""
-    panels = [(m, *_matched(reference, other, m)) for m in ("e2e", "ttft")]
+    panels = [(m, *matched_latencies(reference.run.records, other.run.records, m)) for m in ("e2e", "ttft")]
     panels = [(m, x, y) for m, x, y in panels if x.size]
     if not panels:
         return None
@@ -853,33 +637,29 @@ def _difference(reference: float | None, other: float | None) -> str:
     return f"{(other - reference) / reference:+.1%}"
 
 
-def _summary_table(views: Sequence[_RunView], pair: tuple[_RunView, _RunView] | None) -> str:
-    """Summaries side by side; with two runs, a column of the relative difference."""
-    header = ["", *(f"{v.name}" for v in views)]
+def _summary(views: Sequence[_RunView], pair: tuple[_RunView, _RunView] | None) -> dict[str, Any]:
+    """The summary table's header and rows (label, each run's value and, with two runs, the relative
+    difference), skipping figures no run has."""
+    header = ["", *(v.name for v in views)]
     if pair:
         header.append(f"{pair[1].name} vs {pair[0].name}")
-    kinds = _row(["kind", *(_badge(v.estimated) for v in views), *([""] if pair else [])])
-    slos = _row(["SLO", *(_esc(v.summary.slo or _DASH) for v in views), *([""] if pair else [])])
-    rows = [kinds, slos]
+    rows = []
     for label, getter, spec, scale in _SUMMARY_ROWS:
         values = [getter(v.summary) for v in views]
         if all(value is None for value in values):
             continue
-        cells = [_esc(label), *(_fmt(value, spec, scale) for value in values)]
+        cells = [label, *(_fmt(value, spec, scale) for value in values)]
         if pair:
             cells.append(_difference(getter(pair[0].summary), getter(pair[1].summary)))
-        rows.append(_row(cells))
-    return _table(header, rows, css_class="compact")
+        rows.append(cells)
+    return {"header": header, "rows": rows}
 
 
-def _config_details(views: Sequence[_RunView]) -> str:
-    """Each run's folder and config.yaml, folded."""
-    parts = []
-    for view in views:
-        config = yaml.safe_dump(view.run.config, sort_keys=False, allow_unicode=True) or "{}"
-        parts.append(f"<details><summary>{_esc(view.name)}: <code>{_esc(view.run.path)}</code></summary>"
-                     f"<pre>{_esc(config)}</pre></details>")
-    return "".join(parts)
+def _run_facts(view: _RunView) -> dict[str, Any]:
+    """What the page says of one run: name, kind, request count, SLO, folder and config.yaml."""
+    return {"name": view.name, "estimated": view.estimated, "kind": _kind(view), "requests": len(view.run.records),
+            "slo": view.summary.slo or _DASH, "path": str(view.run.path),
+            "config": yaml.safe_dump(view.run.config, sort_keys=False, allow_unicode=True) or "{}"}
 
 
 def _run_note(views: Sequence[_RunView]) -> str:
@@ -899,17 +679,16 @@ def _timeline_note(views: Sequence[_RunView]) -> str:
     return note
 
 
-def _comparison_section(reference: _RunView, other: _RunView) -> str:
+def _comparison_panel(reference: _RunView, other: _RunView) -> _Panel:
     """Per-request latency of `other` against `reference`, with error figures."""
     heading = f"Per request: {other.name} vs {reference.name}"
     comparison = _comparison_figure(reference, other)
     if comparison is None:
-        return _section(heading, "<p>The two runs share no completed request id: no per-request "
-                                 "comparison.</p>")
+        return _Panel(heading, None, None, "The two runs share no completed request id: no per-request comparison.")
     fig, errors = comparison
     note = ("Requests matched by request id; the dashed line is y = x. |error| = |y − x| / x. "
-            + "; ".join(_esc(e) for e in errors) + ".")
-    return _section(heading, _figure(fig, "per-request"), note=note)
+            + "; ".join(errors) + ".")
+    return _Panel(heading, note, _figure(fig, "per-request"))
 
 
 def runs_report(runs: list[Run], *, title: str, out_path: str | Path) -> Path:
@@ -923,16 +702,10 @@ def runs_report(runs: list[Run], *, title: str, out_path: str | Path) -> Path:
         raise UserError("no run to report")
     views = [_view(run, name) for run, name in zip(runs, _names(runs), strict=True)]
     pair = _pair(views)
-    kinds = {v.estimated for v in views}
-    badges = "".join(_badge(kind) for kind in sorted(kinds, reverse=True))
-    what = f"Comparison of {len(views)} run{'s' if len(views) > 1 else ''}: " + ", ".join(
-        f"<b>{_esc(v.name)}</b> ({_kind(v)}, {len(v.run.records):,} requests)" for v in views)
-    sections = [
-        _section("Summary", _summary_table(views, pair) + _config_details(views),
-                 note="Latencies in milliseconds." + (" Last column: relative difference." if pair else "")),
-        _cdf_section(views, ("ttft", "tpot", "itl", "e2e"), _summary_slo(views), "Latency distributions"),
-        _section("Over time", _figure(_timeline_figure(views), "timeline"), note=_timeline_note(views)),
-    ]
+    panels = [_cdf_panel(views, ("ttft", "tpot", "itl", "e2e"), _summary_slo(views), "Latency distributions"),
+              _timeline_panel(views, "Over time")]
     if pair:
-        sections.append(_comparison_section(*pair))
-    return _write(out_path, _page(title, what, badges, sections))
+        panels.append(_comparison_panel(*pair))
+    return _render("runs.html.j2", out_path, title=title, badges=sorted({v.estimated for v in views}, reverse=True),
+                   runs=[_run_facts(v) for v in views], summary=_summary(views, pair),
+                   difference_column=pair is not None, panels=panels)

@@ -41,14 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from paretoserve.atomic import write_bytes_atomic, write_text_atomic
-from paretoserve.calibrate.kernel_fit import Grid, KernelFit
 from paretoserve.errors import UserError
-from paretoserve.perf.calibrated import Coefficients
+from paretoserve.perf.fitted import Coefficients, Grid, KernelFit
 
 FORMAT = "paretoserve-profile/1"
 PROFILE_KINDS = ("kernels", "transfer", "run", "local")
@@ -90,7 +87,11 @@ class Profile:
             self.created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _grids_table(kernels: dict[str, KernelFit]) -> tuple[pa.Table, list[dict[str, Any]]]:
+def _grids_parquet(kernels: dict[str, KernelFit]) -> tuple[bytes, list[dict[str, Any]]]:
+    """The Parquet file of every grid's nodes (zstd) and the YAML entry of each grid."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     entries: list[dict[str, Any]] = []
     values: list[np.ndarray] = []
     measured: list[np.ndarray] = []
@@ -113,7 +114,9 @@ def _grids_table(kernels: dict[str, KernelFit]) -> tuple[pa.Table, list[dict[str
         "log_eff": pa.array(np.concatenate(values) if values else np.zeros(0), pa.float64()),
         "measured": pa.array(np.concatenate(measured) if measured else np.zeros(0, bool), pa.bool_()),
     })
-    return table, entries
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue(), entries
 
 
 def _num(value: float) -> int | float:
@@ -138,10 +141,7 @@ def save_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
         doc["notes"] = profile.notes
     grids_name = None
     if profile.kernels:
-        table, entries = _grids_table(profile.kernels)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        data = buffer.getvalue()
+        data, entries = _grids_parquet(profile.kernels)
         digest = hashlib.sha256(data).hexdigest()
         grids_name = f"{target.stem}.{digest[:12]}.grids.parquet"
         write_bytes_atomic(target.parent / grids_name, data)
@@ -234,6 +234,9 @@ def _coefficients(data: Any, source: Path) -> Coefficients:
 
 
 def _load_grids(doc: dict[str, Any], source: Path) -> dict[str, KernelFit]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     name = doc["grids_file"]
     grids_path = source.parent / str(name)
     if "/" in str(name) or not grids_path.is_file():

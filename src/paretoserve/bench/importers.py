@@ -206,7 +206,8 @@ def import_vllm(path: str | Path, out: str | Path, *, slo: Slo | None = None) ->
         raise UserError(f"{str(source)!r}: expected a vLLM bench serve .json, a per-request .jsonl, "
                         "or a folder with requests.jsonl")
     builder = SummaryBuilder(slo)
-    with RunWriter(out, config, keep_partial=False, flush_every=max(len(records), 1), slo=slo) as writer:
+    with RunWriter(out, config, keep_partial=False, flush_every=max(len(records), 1), slo=slo,
+                   inputs=(source,)) as writer:
         for record in records:
             writer.add(record)
             builder.add(record)

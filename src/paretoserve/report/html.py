@@ -38,10 +38,13 @@ from paretoserve.errors import UserError
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import Slo, parse_slo
 from paretoserve.metrics.summary import Summary, summarize
+from paretoserve.outputs import Inputs, claim_file, write_errors
 from paretoserve.plan.pareto import pareto_mask
-from paretoserve.runs import SUMMARY_FILE, Run
+from paretoserve.runs import CONFIG_FILE, REQUESTS_FILE, SUMMARY_FILE, Run
 
 ITERATIONS_FILE = "iterations.csv"
+#: In the head of every page: how an existing file is known to be a paretoserve report (and replaceable).
+REPORT_MARKER = '<meta name="generator" content="paretoserve">'
 _ITERATION_COLUMNS = ("replica", "start_s", "duration_s", "kv_used", "waiting", "running")
 
 _DASH = "–"
@@ -134,7 +137,7 @@ def _page(title: str, what: str, badges: str, sections: Sequence[str]) -> str:
     """The whole HTML document: head with CSS and plotly.js (once), header, then `sections`."""
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', REPORT_MARKER,
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_esc(title)}</title>", f"<style>{_CSS}</style>",
         "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>",
@@ -466,11 +469,21 @@ def plan_report(plans: list[dict[str, Any]], *, title: str, slo: str | None,
     return _write(out_path, page)
 
 
-def _write(out_path: str | Path, page: str) -> Path:
-    """Write the page atomically and return its path."""
-    path = Path(out_path)
-    write_text_atomic(path, page)
+def _write(out_path: str | Path, page: str, inputs: Inputs = ()) -> Path:
+    """Write the page atomically and return its path: a new file, or over an earlier report only."""
+    path = claim_file(out_path, kind="HTML report", is_ours=_is_report, inputs=inputs)
+    with write_errors(path):
+        write_text_atomic(path, page)
     return path
+
+
+def _is_report(path: Path) -> bool:
+    """Whether `path` is a page written by paretoserve (its head carries `REPORT_MARKER`)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return REPORT_MARKER in handle.read(4096)
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -935,4 +948,6 @@ def runs_report(runs: list[Run], *, title: str, out_path: str | Path) -> Path:
     ]
     if pair:
         sections.append(_comparison_section(*pair))
-    return _write(out_path, _page(title, what, badges, sections))
+    read = [run.path / name for run in runs
+            for name in (CONFIG_FILE, REQUESTS_FILE, SUMMARY_FILE, ITERATIONS_FILE)]
+    return _write(out_path, _page(title, what, badges, sections), inputs=read)

@@ -17,7 +17,7 @@ from paretoserve.calibrate.profile import Profile, load_profile, save_profile
 from paretoserve.cli.app import app
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import parse_slo
-from paretoserve.outputs import MARKER_FILE, claim_folder
+from paretoserve.outputs import MARKER_FILE, building_folder, claim_folder
 from paretoserve.plan.api import plan
 from paretoserve.plan.space import SearchSpace
 from paretoserve.sim.api import simulate_run
@@ -279,6 +279,36 @@ def test_save_profile_replaces_a_profile_only(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a paretoserve profile"):
         save_profile(Profile(device="h100_sxm", kind="run"), other)
     assert other.read_text() == "format: something-else\n"
+
+
+def test_profile_refuses_user_files_before_measuring(tmp_path: Path, user_folder: Path) -> None:
+    user = tmp_path / "local.yaml"
+    user.write_text("mine: true\n")
+    result = invoke("profile", "--model", "Qwen3-0.6B", "--quick", "--out", str(user))
+    assert_refused(result, user, "not a paretoserve profile")
+    assert user.read_text() == "mine: true\n"
+    # the measured tables go to <stem>.kernels/ next to the profile: a user's folder there is refused too
+    tables = user_folder.rename(tmp_path / "t.kernels")
+    before = snapshot(tables)
+    result = invoke("profile", "--model", "Qwen3-0.6B", "--quick", "--out", str(tmp_path / "t.yaml"))
+    assert_refused(result, tables, "is not a paretoserve output")
+    assert snapshot(tables) == before
+
+
+def test_building_folder_installs_only_a_complete_folder(tmp_path: Path) -> None:
+    out = tmp_path / "tables"
+    with building_folder(out, "profile") as tmp:
+        (tmp / "a.parquet").write_text("first")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, "a.parquet"]
+    with pytest.raises(RuntimeError, match="measurement failed"):
+        with building_folder(out, "profile") as tmp:
+            (tmp / "b.parquet").write_text("second")
+            raise RuntimeError("measurement failed")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, "a.parquet"]  # the old one, untouched
+    with building_folder(out, "profile") as tmp:
+        (tmp / "b.parquet").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, "b.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tables"]  # no temporary or old folder left
 
 
 def test_import_vllm_never_writes_into_its_source(tmp_path: Path) -> None:

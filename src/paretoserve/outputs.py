@@ -58,8 +58,9 @@ def claim_folder(path: str | os.PathLike[str], command: str, *, inputs: Inputs =
         return target
     written_by = _marker_command(target)
     if written_by is None:
-        raise UserError("this folder exists and is not a paretoserve output, so it is never replaced: "
-                        "give a new folder (or move this one away yourself)", file=str(target))
+        raise UserError(f"this folder exists and is not a paretoserve output (it has no {MARKER_FILE} marker), "
+                        "so it is never replaced: give a new folder (or move this one away yourself)",
+                        file=str(target))
     if written_by != command:
         raise UserError(f"this folder holds the output of `paretoserve {written_by}`, which "
                         f"`paretoserve {command}` does not replace: give another folder", file=str(target))

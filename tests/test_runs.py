@@ -98,7 +98,7 @@ def test_no_partial_leaves_nothing_and_keeps_the_old_run(tmp_path: Path) -> None
     with RunWriter(out, CONFIG, keep_partial=False) as writer:
         writer.add(_records(1)[0])
     with pytest.raises(ValueError):
-        with RunWriter(out, {"other": True}, keep_partial=False) as writer:
+        with RunWriter(out, {**CONFIG, "other": True}, keep_partial=False) as writer:
             writer.add(_records(2)[1])
             raise ValueError("bad")
     assert read_run(out).config == CONFIG

@@ -27,7 +27,7 @@ def test_writes_a_complete_run_folder(tmp_path):
     result = invoke("--trace", "azure-conv", "--requests", "200", "--slo", "ttft_p90=2s,tpot_p90=80ms",
                     "--iteration-trace", "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert leftovers(out) == ["config.yaml", "iterations.csv", "requests.jsonl", "summary.json"]
+    assert leftovers(out) == [".paretoserve", "config.yaml", "iterations.csv", "requests.jsonl", "summary.json"]
     lines = (out / "requests.jsonl").read_text().splitlines()
     assert len(lines) == 200 and all(json.loads(line)["output_tokens"] > 0 for line in lines)
     summary = json.loads((out / "summary.json").read_text())

@@ -4,7 +4,8 @@
 into place only when it is complete, so a reader never sees half a run. On an exception or Ctrl-C it
 either removes the temporary folder (nothing is left behind) or, with ``keep_partial=True``, turns
 what was written into a valid run whose ``summary.json`` is computed from the records written so far
-and says ``"partial": true``. `read_run` reads a run folder back.
+and says ``"partial": true``. Where it may write, and what it may replace (an earlier run of the same
+command only), is the rule of `paretoserve.outputs`. `read_run` reads a run folder back.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,12 +20,12 @@ from typing import Any, TextIO
 
 import yaml
 
-from paretoserve.atomic import replace_folder
 from paretoserve.errors import UserError
 from paretoserve.jsonlines import iter_json_lines
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import Slo
 from paretoserve.metrics.summary import Summary, summarize
+from paretoserve.outputs import Inputs, claim_folder, install_folder, temporary_folder
 
 CONFIG_FILE = "config.yaml"
 REQUESTS_FILE = "requests.jsonl"
@@ -43,8 +43,11 @@ class RunWriter:
     """Writes one run folder atomically. Use as a context manager.
 
     Args:
-        out_dir: the run folder to create (replaced if it exists, once the new one is complete).
-        config: everything needed to repeat the run; written as config.yaml.
+        out_dir: the run folder to create; an earlier run of the same command there is replaced once
+            the new one is complete, anything else is refused (`paretoserve.outputs`).
+        config: everything needed to repeat the run; written as config.yaml. Its "command" names the
+            command writing the run (e.g. "simulate").
+        inputs: the paths the run is made from (never written into or over).
         keep_partial: on failure, keep what was written as a partial run instead of removing it.
         flush_every: flush requests.jsonl to the OS every this many records (1 = each record, so an
             interrupted run loses nothing; larger batches are faster).
@@ -56,9 +59,14 @@ class RunWriter:
     """
 
     def __init__(self, out_dir: str | Path, config: dict[str, Any], *, keep_partial: bool,
-                 flush_every: int = 1, slo: Slo | None = None, estimated: bool = False) -> None:
+                 flush_every: int = 1, slo: Slo | None = None, estimated: bool = False,
+                 inputs: Inputs = ()) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        if not isinstance(config.get("command"), str):
+            raise ValueError("config must name the command writing the run, e.g. {'command': 'simulate'}")
+        self.command: str = config["command"]
+        self.inputs = tuple(inputs)
         self.out_dir = Path(out_dir)
         self.config = config
         self.keep_partial = keep_partial
@@ -70,9 +78,8 @@ class RunWriter:
         self._handle: TextIO | None = None
 
     def __enter__(self) -> RunWriter:
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".partial",
-                                          dir=self.out_dir.parent))
+        self.out_dir = claim_folder(self.out_dir, self.command, inputs=self.inputs)
+        self._tmp = temporary_folder(self.out_dir)
         self._handle = open(self._tmp / REQUESTS_FILE, "w", encoding="utf-8")
         return self
 
@@ -119,8 +126,9 @@ class RunWriter:
                 return
             except Exception:  # the original error matters more; drop what cannot be saved
                 pass
-        shutil.rmtree(self._tmp, ignore_errors=True)
-        self._tmp = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     def _close(self) -> None:
         """Flush and close requests.jsonl (fsync so the finished run survives a crash)."""
@@ -143,8 +151,13 @@ class RunWriter:
         (self._tmp / CONFIG_FILE).write_text(
             yaml.safe_dump(self.config, sort_keys=False, default_flow_style=False, allow_unicode=True),
             encoding="utf-8")
-        replace_folder(self._tmp, self.out_dir)
-        self._tmp = None
+        try:
+            install_folder(self._tmp, self.out_dir, self.command, inputs=self.inputs)
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+        finally:
+            self._tmp = None
 
 
 @dataclass

@@ -31,6 +31,7 @@ from paretoserve.jsonlines import iter_json_lines
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import Slo
 from paretoserve.metrics.summary import Summary, SummaryBuilder
+from paretoserve.outputs import claim_folder
 from paretoserve.runs import RunWriter
 
 _BENCH_LISTS = ("ttfts", "itls", "input_lens", "output_lens")
@@ -183,6 +184,7 @@ def import_vllm(path: str | Path, out: str | Path, *, slo: Slo | None = None) ->
     """Import a vLLM result (bench serve JSON, per-request JSONL, or a run folder holding
     `requests.jsonl` and `meta.json`) into the run folder `out`; returns its summary."""
     source = Path(path)
+    claim_folder(out, "import-vllm", inputs=(source,))  # before reading: never into the source
     config: dict[str, Any] = {"command": "import-vllm", "source": str(source)}
     overrides: dict[str, Any] = {}
     if source.is_dir():
@@ -206,7 +208,8 @@ def import_vllm(path: str | Path, out: str | Path, *, slo: Slo | None = None) ->
         raise UserError(f"{str(source)!r}: expected a vLLM bench serve .json, a per-request .jsonl, "
                         "or a folder with requests.jsonl")
     builder = SummaryBuilder(slo)
-    with RunWriter(out, config, keep_partial=False, flush_every=max(len(records), 1), slo=slo) as writer:
+    with RunWriter(out, config, keep_partial=False, flush_every=max(len(records), 1), slo=slo,
+                   inputs=(source,)) as writer:
         for record in records:
             writer.add(record)
             builder.add(record)

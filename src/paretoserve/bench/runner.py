@@ -41,6 +41,7 @@ from paretoserve.errors import UserError
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import parse_slo
 from paretoserve.metrics.summary import Summary, SummaryBuilder
+from paretoserve.outputs import claim_folder, open_folder
 from paretoserve.runs import RunWriter
 from paretoserve.workload.request import Request
 from paretoserve.workload.synthetic import build_workload
@@ -241,7 +242,7 @@ async def _bench(spec: BenchSpec, out: Path, console: Console | None, rate: floa
     slo = None if spec.slo is None else parse_slo(spec.slo)
     builder = SummaryBuilder(slo)
     with RunWriter(out, _config(spec, model, tokenizer, jobs, **more), keep_partial=True, flush_every=1,
-                   slo=slo) as writer:
+                   slo=slo, inputs=(spec.trace,)) as writer:
         records = await _measure(spec, model, jobs, writer, builder, console)
         summary = builder.finish()
         writer.finish(summary)
@@ -256,6 +257,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, console: Console | None = Non
         KeyboardInterrupt: on Ctrl-C, after `out` was written as a partial run.
     """
     spec.validate()
+    claim_folder(out, "bench", inputs=(spec.trace,))  # before any request is sent
     summary, _, _ = asyncio.run(_bench(spec, Path(out), console))
     return summary
 
@@ -271,7 +273,7 @@ def run_sweep(spec: BenchSpec, out: str | Path, *, criterion: SweepCriterion | N
     if spec.rate_scale is not None:
         raise UserError("--sweep sets the rate itself; leave out --rate-scale")
     criterion = criterion or SweepCriterion()
-    folder = Path(out)
+    folder = open_folder(out, "bench --sweep", inputs=(spec.trace,))
     steps: list[StepResult] = []
     reason = ""
 

@@ -57,8 +57,10 @@ def calibrate_cmd(
 ) -> None:
     """Fit per-kernel efficiencies (GEMM, attention, all-reduce) and write a profile for --profile."""
     from paretoserve.calibrate import calibrate_kernels, transfer_profile
-    from paretoserve.perf.profile import load_profile, save_profile
+    from paretoserve.perf.profile import claim_profile_path, load_profile, save_profile
 
+    inputs = (kernels, from_run, transfer_from, profile)
+    claim_profile_path(out, inputs=inputs)  # before the fit: never over an input or a user's file
     if from_run is not None:
         if kernels is not None:
             raise UserError("give either --kernels DIR or --from RUN, not both")
@@ -74,7 +76,7 @@ def calibrate_cmd(
                                    framework=engine)
     else:
         profile = calibrate_kernels(kernels, device, version=version, framework=engine, quality=not quick)
-    path = save_profile(profile, out)
+    path = save_profile(profile, out, inputs=inputs)
     print_fit_quality(profile)
     engine_text = f"{profile.engine} {profile.engine_version}".strip() or "engine unknown"
     console.print(f"wrote {path} (device {profile.device}, {engine_text})")
@@ -136,7 +138,7 @@ def _calibrate_run(run_dir: Path, out: Path, base: Path | None, fit_fraction: fl
                      "fit": _rounded(result.fit), "heldout": _rounded(result.heldout)}},
         notes="global coefficients fitted end to end: simulated TTFT/TPOT/E2E (mean, p50, p90) of the "
               "fitting requests matched to the measured ones")
-    path = save_profile(profile, out)
+    path = save_profile(profile, out, inputs=(run_dir, base))
     c = result.coefficients
     console.print(f"replayed {len(setup.requests):,} requests of {run_dir} as {setup.model.name} on "
                   f"{setup.device.name} (tp={setup.tp}, max_num_seqs={setup.max_num_seqs}, "

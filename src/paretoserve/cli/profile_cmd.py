@@ -197,7 +197,6 @@ def write_tables(columns: dict[str, dict[str, list]], folder: Path, *, device_na
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
     for kind, cols in columns.items():
         if not cols["latency"]:
             continue
@@ -205,9 +204,7 @@ def write_tables(columns: dict[str, dict[str, list]], folder: Path, *, device_na
         table = pa.table({"framework": [framework] * rows, "version": [version] * rows,
                           "device": [device_name] * rows, "op_name": [kind] * rows,
                           "kernel_source": [f"{framework}_{kind}"] * rows, **cols})
-        tmp = folder / f".{kind}_perf.parquet.tmp"
-        pq.write_table(table, tmp)
-        tmp.replace(folder / f"{kind}_perf.parquet")
+        pq.write_table(table, folder / f"{kind}_perf.parquet")
 
 
 @app.command("profile")
@@ -227,12 +224,14 @@ def profile_cmd(
     from paretoserve.calibrate import calibrate_kernels
     from paretoserve.catalog.device import load_device
     from paretoserve.catalog.model import load_model
-    from paretoserve.perf.profile import save_profile
+    from paretoserve.outputs import building_folder, claim_folder
+    from paretoserve.perf.profile import claim_profile_path, save_profile
 
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device {device!r}: expected cpu or cuda")
-    if out.suffix.lower() not in (".yaml", ".yml"):
-        raise UserError("--out: a profile is a .yaml file (its tables go next to it)")
+    folder = out.with_name(f"{out.stem}.kernels")
+    claim_profile_path(out, inputs=(model,))  # before measuring: never over a user's file
+    claim_folder(folder, "profile", inputs=(model,))
     spec = load_model(model)
     try:
         torch = _import_torch()
@@ -251,14 +250,14 @@ def profile_cmd(
     start = time.perf_counter()
     columns = measure(spec, spec_hw, cuda=cuda, quick=quick, tp=tp,
                       progress=lambda msg: console.print(f"[dim]{escape(msg)}[/]"))
-    folder = out.with_name(f"{out.stem}.kernels")
-    write_tables(columns, folder, device_name=spec_hw.name if hardware else device_name,
-                 framework="torch", version=torch.__version__)
+    with building_folder(folder, "profile", inputs=(model,)) as tmp:
+        write_tables(columns, tmp, device_name=spec_hw.name if hardware else device_name,
+                     framework="torch", version=torch.__version__)
     profile = calibrate_kernels(folder, spec_hw, framework="torch")
     profile.kind = "local"
     profile.notes = (f"{spec.name} shapes (tp={tp}) measured with torch {torch.__version__} on "
                      f"{device_name} ({'quick' if quick else 'full'} grid)")
-    path = save_profile(profile, out)
+    path = save_profile(profile, out, inputs=(model,))
     from paretoserve.cli.calibrate_cmd import print_fit_quality
 
     print_fit_quality(profile)

@@ -31,10 +31,14 @@ def validate_cmd(
     """Predict a measured run (same arrivals, lengths, engine settings) and print the errors."""
     from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
     from paretoserve.cli.calibrate_cmd import comparison_table
+    from paretoserve.outputs import claim_folder
     from paretoserve.perf.calibrated import Coefficients
     from paretoserve.perf.profile import load_profile
     from paretoserve.runs import RunWriter, read_run
 
+    inputs = (measured, profile)
+    if out is not None:  # before the replay: never into (or over) the measured run
+        claim_folder(out, "validate", inputs=inputs)
     run = read_run(measured)
     setup = run_setup(run, model=model, hardware=hardware, tp=tp, max_num_seqs=max_num_seqs,
                       max_num_batched_tokens=max_num_batched_tokens, kv_tokens=kv_tokens)
@@ -58,7 +62,7 @@ def validate_cmd(
     config = {"command": "validate", "paretoserve_version": importlib.metadata.version("paretoserve"),
               "measured": str(measured), "profile": str(profile) if profile else None,
               "replay": setup.settings(), "replay_sources": setup.notes}
-    with RunWriter(out, config, keep_partial=False, flush_every=4096, estimated=True) as writer:
+    with RunWriter(out, config, keep_partial=False, flush_every=4096, estimated=True, inputs=inputs) as writer:
         for record in predicted:
             writer.add(record)
     from paretoserve.report.html import runs_report

@@ -45,6 +45,7 @@ import yaml
 
 from paretoserve.atomic import write_bytes_atomic, write_text_atomic
 from paretoserve.errors import UserError
+from paretoserve.outputs import Inputs, claim_file
 from paretoserve.perf.fitted import Coefficients, Grid, KernelFit
 
 FORMAT = "paretoserve-profile/1"
@@ -123,11 +124,32 @@ def _num(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
-def save_profile(profile: Profile, path: str | os.PathLike[str]) -> Path:
-    """Write `profile` to `path` (YAML) and its grids next to it; returns the YAML path."""
-    target = Path(path)
-    if target.suffix.lower() not in (".yaml", ".yml"):
-        raise UserError("a profile is written as a .yaml file (its grids go next to it)", file=str(target))
+def claim_profile_path(path: str | os.PathLike[str], *, inputs: Inputs = ()) -> Path:
+    """Check that a profile may be written at `path`: a new .yaml file or an earlier profile, and
+    none of `inputs` (`paretoserve.outputs`); returns the path. UserError otherwise."""
+    if Path(path).suffix.lower() not in (".yaml", ".yml"):
+        raise UserError("a profile is written as a .yaml file (its grids go next to it)", file=str(path))
+    return claim_file(path, kind="profile", is_ours=_is_profile, inputs=inputs)
+
+
+def _is_profile(path: Path) -> bool:
+    """Whether `path` holds a paretoserve profile (YAML whose format is `FORMAT`)."""
+    try:
+        if path.stat().st_size > 16 << 20:  # a profile is a few kB (its grids are in Parquet)
+            return False
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
+def save_profile(profile: Profile, path: str | os.PathLike[str], *, inputs: Inputs = ()) -> Path:
+    """Write `profile` to `path` (YAML) and its grids next to it; returns the YAML path.
+
+    `path` must be new or an earlier profile, and none of `inputs` (the files the profile was
+    fitted from); anything else is a `UserError`.
+    """
+    target = claim_profile_path(path, inputs=inputs)
     target.parent.mkdir(parents=True, exist_ok=True)
     previous = _previous_grids(target)
     doc: dict[str, Any] = {
@@ -170,7 +192,9 @@ def _previous_grids(target: Path) -> str | None:
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
     name = old.get("grids_file") if isinstance(old, dict) else None
-    return name if isinstance(name, str) and "/" not in name else None
+    ours = isinstance(name, str) and "/" not in name and name.startswith(f"{target.stem}.") \
+        and name.endswith(".grids.parquet")
+    return name if ours else None
 
 
 def load_profile(path: str | os.PathLike[str], *, device: str | None = None) -> Profile:

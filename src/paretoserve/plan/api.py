@@ -21,8 +21,9 @@ import yaml
 from paretoserve.atomic import write_text_atomic
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import Slo
+from paretoserve.outputs import open_folder
 from paretoserve.perf.profile import load_profile
-from paretoserve.plan.search import PlanOutcome, PlanSearch, run_search
+from paretoserve.plan.search import PlanOutcome, PlanSearch, check_search, run_search
 from paretoserve.plan.space import SearchSpace
 from paretoserve.sim.api import simulate_run
 from paretoserve.sim.run_config import SimulateConfig
@@ -59,17 +60,20 @@ def plan(model: str, *, trace: str, slo: Slo, space: SearchSpace, out: str | Pat
     uses the grid unless the space needs more than 800 engine evaluations.
 
     `profiles`: calibrated profile files; each applies to the device it was fitted for (other
-    devices use the datasheet roofline)."""
+    devices use the datasheet roofline).
+
+    `out`: a new folder, or an earlier plan's folder (whose evaluations.jsonl the search resumes
+    from); anything else is a `UserError` (`paretoserve.outputs`), raised before any work."""
     sample = load_trace(trace)[:requests]
     if len(sample) < 20:
         raise UserError(f"trace {trace} has {len(sample)} requests; a plan search needs at least 20")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     plan_search = PlanSearch(model=model, trace=trace, requests=sample, slo=slo, space=space, rate=rate,
                         objectives=objectives, executor=executor, workers=workers, ray_address=ray_address,
-                        resume_file=out_dir / RESUME_FILE,
+                        resume_file=Path(out) / RESUME_FILE,
                         profiles={load_profile(p).device: str(p) for p in profiles or []},
                         search=search, trials=trials)
+    check_search(plan_search)  # every choice is checked before the folder is made
+    out_dir = open_folder(out, "plan", inputs=(model, trace, *(profiles or [])))
     outcome = run_search(plan_search, progress)
     verified = None
     recommended = outcome.recommended

@@ -46,11 +46,11 @@ def run_units(units: list[Unit], ctx: UnitContext, *, executor: str = "local", w
     for result in results.values():
         if on_result:
             on_result(result)
+    runner = EXECUTORS.get(executor)
+    if runner is None:
+        raise UserError(f"unknown executor '{executor}'; expected {', '.join(EXECUTORS)}")
     sink = resume_file.open("a", encoding="utf-8") if resume_file else None
     try:
-        runner = {"local": _local, "serial": _serial, "ray": _ray}.get(executor)
-        if runner is None:
-            raise UserError(f"unknown executor '{executor}'; expected local, serial or ray")
         for result in runner(todo, ctx, workers, ray_address):
             results[result.key] = result
             if sink:
@@ -107,3 +107,8 @@ def _ray(units: list[Unit], ctx: UnitContext, workers: int | None, address: str 
     finally:
         if started_here:
             ray.shutdown()
+
+
+#: Executor name → the function that evaluates units with it.
+EXECUTORS: dict[str, Callable[[list[Unit], UnitContext, int | None, str | None], Iterator[UnitResult]]] = {
+    "local": _local, "serial": _serial, "ray": _ray}

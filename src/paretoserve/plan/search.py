@@ -12,7 +12,7 @@ from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import Slo
-from paretoserve.plan.executor import run_units
+from paretoserve.plan.executor import EXECUTORS, run_units
 from paretoserve.plan.nsga import nsga2_select
 from paretoserve.plan.pareto import knee_index, pareto_mask
 from paretoserve.plan.space import Enumeration, Plan, SearchSpace, enumerate_plans
@@ -85,15 +85,27 @@ def units_of(plan: Plan) -> list[Unit]:
     return [Unit("prefill", prefill, (bandwidth, latency)), Unit("decode", decode)]
 
 
-def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None = None) -> PlanOutcome:
-    """Enumerate, evaluate and rank; UserError when nothing can be evaluated."""
+def check_search(search: PlanSearch) -> Enumeration:
+    """Check every choice of `search` (objectives, search method, executor, model, devices, budgets)
+    without evaluating anything; returns the plans to evaluate. UserError on the first bad choice."""
     for name in search.objectives:
         if name not in OBJECTIVES:
             raise UserError(f"unknown objective '{name}'; expected some of {', '.join(OBJECTIVES)}")
-    model = load_model(search.model)
-    enum = enumerate_plans(search.space, model)
+    if search.search not in ("auto", "grid", "nsga2"):
+        raise UserError(f"unknown search '{search.search}'; expected auto, grid or nsga2")
+    if search.rate is not None and not search.rate > 0:
+        raise UserError(f"--rate {search.rate:g}: expected a rate above 0 requests/s")
+    if search.executor not in EXECUTORS:
+        raise UserError(f"unknown executor '{search.executor}'; expected {', '.join(EXECUTORS)}")
+    enum = enumerate_plans(search.space, load_model(search.model))
     if not enum.plans:
         raise UserError(_nothing_fits(enum))
+    return enum
+
+
+def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None = None) -> PlanOutcome:
+    """Enumerate, evaluate and rank; UserError when nothing can be evaluated."""
+    enum = check_search(search)
     plan_units = {plan: units_of(plan) for plan in enum.plans}
     unique = list({u.key: u for units in plan_units.values() for u in units}.values())
     ctx = UnitContext(model=search.model, requests=tuple(search.requests), slo=search.slo,
@@ -106,8 +118,6 @@ def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None =
         if progress:
             progress(done[0], len(unique))
 
-    if search.search not in ("auto", "grid", "nsga2"):
-        raise UserError(f"unknown search '{search.search}'; expected auto, grid or nsga2")
     plans = enum.plans
     if search.search == "nsga2" or (search.search == "auto" and len(unique) > search.max_grid_units):
         results: dict[str, UnitResult] = {}

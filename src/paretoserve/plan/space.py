@@ -16,6 +16,8 @@ from paretoserve.catalog.model import ModelSpec
 from paretoserve.errors import UserError
 from paretoserve.perf.memory import kv_capacity
 from paretoserve.perf.roofline import check_parallelism
+from paretoserve.sim.cluster import ROUTERS
+from paretoserve.sim.schedulers import POLICIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,21 @@ class SearchSpace(BaseModel):
         if not values:
             raise ValueError("must list at least one option")
         return values
+
+    @field_validator("policies")
+    @classmethod
+    def _known_policies(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value not in POLICIES:
+                raise ValueError(f"unknown policy '{value}'; expected some of {', '.join(POLICIES)}")
+        return values
+
+    @field_validator("router")
+    @classmethod
+    def _known_router(cls, value: str) -> str:
+        if value not in ROUTERS:
+            raise ValueError(f"unknown router '{value}'; expected one of {', '.join(ROUTERS)}")
+        return value
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: object) -> SearchSpace:

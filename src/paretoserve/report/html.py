@@ -51,10 +51,13 @@ from paretoserve.metrics.timeseries import (
     request_timelines,
     time_bins,
 )
+from paretoserve.outputs import Inputs, claim_file, write_errors
 from paretoserve.plan.pareto import pareto_mask
-from paretoserve.runs import SUMMARY_FILE, Run
+from paretoserve.runs import CONFIG_FILE, REQUESTS_FILE, SUMMARY_FILE, Run
 
 ITERATIONS_FILE = "iterations.csv"
+#: In the head of every page: how an existing file is known to be a paretoserve report (and replaceable).
+REPORT_MARKER = '<meta name="generator" content="paretoserve">'
 _ITERATION_COLUMNS = ("replica", "start_s", "duration_s", "kv_used", "waiting", "running")
 
 _DASH = "–"
@@ -88,13 +91,17 @@ def _version() -> str:
         return "dev"
 
 
-def _render(template: str, out_path: str | Path, *, title: str, badges: Sequence[bool], **context: Any) -> Path:
-    """Render `template` with the page head's values (plotly.js inline) and write it atomically."""
+def _render(template: str, out_path: str | Path, *, title: str, badges: Sequence[bool], inputs: Inputs = (),
+            **context: Any) -> Path:
+    """Render `template` with the page head's values (plotly.js inline) and write it atomically: a new
+    file, or over an earlier report only (never over one of `inputs`)."""
+    path = claim_file(out_path, kind="HTML report", is_ours=_is_report, inputs=inputs)
     page = _templates().get_template(template).render(
         title=title, badges=badges, made=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=_version(),
-        plotly_js=Markup(plotly.offline.get_plotlyjs()), dash=_DASH, **context)
-    path = Path(out_path)
-    write_text_atomic(path, page)
+        plotly_js=Markup(plotly.offline.get_plotlyjs()), dash=_DASH, report_marker=Markup(REPORT_MARKER),
+        **context)
+    with write_errors(path):
+        write_text_atomic(path, page)
     return path
 
 
@@ -372,6 +379,15 @@ def plan_report(plans: list[dict[str, Any]], *, title: str, slo: str | None,
         energy_figure=_figure(_plan_figure(plans, _ENERGY, slo_s=None), "pareto-energy"),
         front_header=_FRONT_HEADER, front=[_front_row(p) for p in front],
         recommended=_recommended(recommended) if recommended is not None else None, run_panels=run_panels)
+
+
+def _is_report(path: Path) -> bool:
+    """Whether `path` is a page written by paretoserve (its head carries `REPORT_MARKER`)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return REPORT_MARKER in handle.read(4096)
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -706,6 +722,8 @@ def runs_report(runs: list[Run], *, title: str, out_path: str | Path) -> Path:
               _timeline_panel(views, "Over time")]
     if pair:
         panels.append(_comparison_panel(*pair))
+    read = [run.path / name for run in runs
+            for name in (CONFIG_FILE, REQUESTS_FILE, SUMMARY_FILE, ITERATIONS_FILE)]
     return _render("runs.html.j2", out_path, title=title, badges=sorted({v.estimated for v in views}, reverse=True),
-                   runs=[_run_facts(v) for v in views], summary=_summary(views, pair),
+                   inputs=read, runs=[_run_facts(v) for v in views], summary=_summary(views, pair),
                    difference_column=pair is not None, panels=panels)

@@ -69,6 +69,9 @@ def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
                  progress: Callable[[float, int], None] | None = None) -> Summary:
     """Simulate `config` and write the run folder `out_dir` atomically; returns the summary.
 
+    `out_dir` must be new, empty or an earlier `simulate` run, and no input of `config` (trace,
+    profile, model or device file); anything else is a `UserError` (`paretoserve.outputs`).
+
     The folder holds config.yaml (the config and the derived deployment figures), requests.jsonl
     (one record per request, in completion order), summary.json and, with
     `config.iteration_trace`, iterations.csv. Nothing is left at `out_dir` if the run fails or is
@@ -97,8 +100,8 @@ def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
         "simulate": config.model_dump(mode="json"),
         "derived": {**deployment.derived, "energy_model": ACTIVITY_NOTE, "estimated": True},
     }
-    with RunWriter(out_dir, record_config, keep_partial=False, flush_every=4096, slo=slo,
-                   estimated=True) as writer:
+    with RunWriter(out_dir, record_config, keep_partial=False, flush_every=4096, slo=slo, estimated=True,
+                   inputs=(config.trace, config.profile, config.model, config.hardware)) as writer:
         if config.iteration_trace:
             handle = writer.open_extra(ITERATIONS_FILE)
             handle.write(IterationRow.csv_header() + "\n")

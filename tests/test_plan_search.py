@@ -29,6 +29,7 @@ from paretoserve.sim.api import simulate
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.deployment import kv_link
 from paretoserve.workload.synthetic import build_workload, rescale
+from paretoserve.workload.traces import load_trace
 from prereq import missing
 
 MODEL, DEVICE = "Meta-Llama-3.1-8B", "h100_sxm"
@@ -200,3 +201,26 @@ def test_nsga2_finds_the_grid_optimum_with_fewer_simulations():
     grid_rows = {r["label"]: r for r in grid.rows}
     for row in nsga.front:
         assert row["max_rate_rps"] == grid_rows[row["label"]]["max_rate_rps"]
+
+
+def test_repeated_copies_get_fresh_prefix_hashes():
+    """cover_span's repeats must not hit the prefix cache of the original sample (or of each other),
+    but keep the sharing between requests within a copy."""
+    sample = rescale(load_trace("mooncake-conv")[:60], rate=50.0)
+    hashes = [h for r in sample for h in r.prefix_hashes]
+    assert len(set(hashes)) < len(hashes)  # the sample shares prefixes, so the check means something
+    covered = cover_span(sample, 20.0)
+    copies = len(covered) // len(sample)
+    assert copies >= 2 and len(covered) == copies * len(sample)
+    seen: set[int] = set()
+    for c in range(copies):
+        block = covered[c * len(sample):(c + 1) * len(sample)]
+        block_hashes = {h for r in block for h in r.prefix_hashes}
+        assert not block_hashes & seen, f"copy {c} reuses a hash of an earlier copy"
+        seen |= block_hashes
+        mapping = {}
+        for original, copy in zip(sample, block, strict=True):
+            assert len(copy.prefix_hashes) == len(original.prefix_hashes)
+            for h, g in zip(original.prefix_hashes, copy.prefix_hashes, strict=True):
+                assert mapping.setdefault(h, g) == g  # equal blocks stay equal within a copy
+        assert len(set(mapping.values())) == len(mapping)  # distinct blocks stay distinct

@@ -147,7 +147,7 @@ def _print_devices(by_device: list[dict[str, object]]) -> None:
             console.print(f"  {entry['device']}: [yellow]no plan[/] — {entry['reason']}", highlight=False)
         else:
             console.print(f"  {entry['device']}: {entry['best']}, ${float(entry['usd_per_million_tokens']):.3f}"
-                          f"/Mtok at {float(entry['max_rate_rps']):.2f} req/s", highlight=False)
+                          f"/Mtok, up to {float(entry['max_rate_rps']):.2f} req/s", highlight=False)
 
 
 def _label(row: dict[str, object], rows: list[dict[str, object]]) -> str:

@@ -10,11 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+import paretoserve.cli.commands  # noqa: F401  (registers the commands)
 from paretoserve.bench.client import ClientConfig, error_kind
 from paretoserve.bench.fakeserver import FakeServer, FakeServerConfig
 from paretoserve.bench.llama_server import free_port
 from paretoserve.bench.loadgen import Job, LoadShape, run_load
 from paretoserve.bench.prompts import Prompt
+from paretoserve.cli.app import app
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.runs import read_run
 from paretoserve.workload.request import Request
@@ -110,3 +116,36 @@ def test_ctrl_c_leaves_a_readable_partial_run(tmp_path: Path) -> None:
     # Requests in flight at Ctrl-C are recorded as interrupted, not lost.
     assert interrupted and all(error_kind(r.error or "") == "interrupted" for r in interrupted)
     assert _partial_folder(out) is None
+
+
+def _bench_cli(url: str, out: Path, *extra: str) -> Result:
+    return CliRunner().invoke(app, ["bench", "--url", url, "--model", "fake", "--prompt", "8", "--output", "4",
+                                    "--requests", "20", "--rate", "200", "--no-progress", "--out", str(out), *extra])
+
+
+def test_bench_against_a_dead_port_exits_non_zero(tmp_path: Path) -> None:
+    out = tmp_path / "dead"
+    result = _bench_cli(f"http://127.0.0.1:{free_port()}/v1", out)
+    assert result.exit_code == 1, result.output
+    assert "20 of 20 requests failed (100%, more than --max-failed-share 10%)" in result.output
+    assert "most often connect" in result.output
+    records = read_run(out).records  # the failed run is still written
+    assert len(records) == 20 and all(r.error is not None for r in records)
+
+
+@pytest.mark.parametrize(("fail_every", "extra", "failed", "code"), [
+    (4, (), 5, 1),                               # 25% failed > 10%
+    (4, ("--max-failed-share", "0.25"), 5, 0),   # 25% is not more than 25%
+    (20, (), 1, 0),                              # 5% failed <= 10%
+])
+def test_bench_exit_status_follows_the_failed_share(tmp_path: Path, fail_every: int, extra: tuple[str, ...],
+                                                    failed: int, code: int) -> None:
+    out = tmp_path / "run"
+    with FakeServer(FakeServerConfig(fail_every=fail_every)) as server:
+        result = _bench_cli(server.url, out, *extra)
+    assert result.exit_code == code, result.output
+    records = read_run(out).records
+    assert len(records) == 20
+    assert sum(r.error is not None for r in records) == failed
+    assert all(error_kind(r.error) == "http_500" for r in records if r.error is not None)
+    assert ("requests failed" in result.output) is (code == 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from paretoserve.calibrate.run_fit import RunSetup, fit_run, run_setup, simulate_setup
@@ -26,24 +27,27 @@ SETTINGS = {"model": "Meta-Llama-3.1-8B", "hardware": "h100_sxm", "tp": 1, "pp":
             "max_num_batched_tokens": 2048, "block_size": 16, "prefix_caching": True, "kv_tokens": 60000}
 
 
-def _requests(n: int = 120, rate: float = 6.0) -> list[Request]:
-    rng = np.random.default_rng(1)
+def _requests(n: int = 120, rate: float = 6.0, seed: int = 1) -> list[Request]:
+    rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1 / rate, n))
     return [Request(f"r{i}", float(a), int(rng.integers(100, 3000)), int(rng.integers(20, 400)))
             for i, a in enumerate(arrivals)]
 
 
-@pytest.fixture(scope="module")
-def known_run(tmp_path_factory):
+def _known_run(folder, seed: int = 1):
     """A run folder 'measured' by the simulator with KNOWN coefficients."""
     model, device = load_model(SETTINGS["model"]), load_device(SETTINGS["hardware"])
-    setup = RunSetup(model, device, 1, 1, SETTINGS["kv_tokens"], 16, 64, 2048, True, _requests(), {})
+    setup = RunSetup(model, device, 1, 1, SETTINGS["kv_tokens"], 16, 64, 2048, True, _requests(seed=seed), {})
     records = simulate_setup(setup, Calibrated(model, device, coefficients=KNOWN))
-    folder = tmp_path_factory.mktemp("runs") / "known"
     with RunWriter(folder, {"command": "simulate", "simulate": SETTINGS}, keep_partial=False) as writer:
         for record in records:
             writer.add(record)
     return folder
+
+
+@pytest.fixture(scope="module")
+def known_run(tmp_path_factory):
+    return _known_run(tmp_path_factory.mktemp("runs") / "known")
 
 
 def test_calibrate_recovers_a_run_simulated_with_known_coefficients(known_run):
@@ -89,21 +93,45 @@ def test_unknown_hardware_needs_the_flag(tmp_path, known_run):
 
 
 def test_cli_calibrate_from_run_then_validate(tmp_path, known_run):
+    """By default calibrate fits on the first half by arrival and reports the second; validate on the
+    same run says so and shows the held-out half alone."""
     out = tmp_path / "profiles" / "run.yaml"
-    result = CliRunner().invoke(app, ["calibrate", "--from", str(known_run), "--fit-fraction", "0.5",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(app, ["calibrate", "--from", str(known_run), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "Held-out requests" in result.output
+    assert "Held-out requests (the later 60 by arrival" in result.output
     profile = load_profile(out, device="h100_sxm")
     assert profile.kind == "run" and profile.coefficients != Coefficients()
-    assert profile.fit["run"]["replay"]["model"] == "Meta-Llama-3.1-8B"
+    fitted = profile.fit["run"]
+    assert fitted["replay"]["model"] == "Meta-Llama-3.1-8B"
+    assert fitted["fit_fraction"] == 0.5 and fitted["fit_requests"] == 60 and fitted["requests"] == 120
+    assert set(fitted["heldout"]) >= {"ttft", "tpot", "e2e"}
     report = tmp_path / "validated"
     result = CliRunner().invoke(app, ["validate", "--measured", str(known_run), "--profile", str(out),
                                       "--out", str(report)])
     assert result.exit_code == 0, result.output
     assert "TTFT" in result.output and "TPOT" in result.output and "E2E" in result.output
+    assert "fitted on this run: on the first 60 of its 120 requests" in result.output
+    assert "Held-out requests only (the later 60" in result.output
+    assert yaml.safe_load((report / "config.yaml").read_text())["profile_fitted_on_this_run"] is True
     assert (report / "report.html").is_file() and (report / "requests.jsonl").is_file()
+    # another run (other arrivals and lengths) is a validation: nothing to say
+    other = _known_run(tmp_path / "other", seed=2)
+    result = CliRunner().invoke(app, ["validate", "--measured", str(other), "--profile", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "fitted on this run" not in result.output and "Held-out requests only" not in result.output
     # a profile of another device is refused
     result = CliRunner().invoke(app, ["validate", "--measured", str(known_run), "--profile", str(out),
                                       "--hardware", "a100_sxm"])
     assert result.exit_code == 2 and "fitted for h100_sxm, not a100_sxm" in result.output
+
+
+def test_fit_on_all_is_not_called_a_validation(tmp_path, known_run):
+    out = tmp_path / "all.yaml"
+    result = CliRunner().invoke(app, ["calibrate", "--from", str(known_run), "--fit-fraction", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "fitted on all 120 requests: nothing held out" in result.output
+    assert "Held-out requests" not in result.output
+    assert load_profile(out).fit["run"]["fit_requests"] == 120
+    result = CliRunner().invoke(app, ["validate", "--measured", str(known_run), "--profile", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Not a validation: every request was used by the fit" in result.output

@@ -3,13 +3,16 @@ resume, Ray, and clear errors for bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from paretoserve.catalog.device import load_device
@@ -20,15 +23,18 @@ from paretoserve.errors import UserError
 from paretoserve.metrics.slo import parse_slo
 from paretoserve.perf.memory import kv_capacity
 from paretoserve.perf.roofline import Roofline
+from paretoserve.plan import api as plan_api
 from paretoserve.plan.capacity import max_rate_under_slo
 from paretoserve.plan.executor import run_units
-from paretoserve.plan.search import PlanSearch, run_search, units_of
+from paretoserve.plan.search import PlanSearch, recommendation_order, run_search, units_of
 from paretoserve.plan.space import SearchSpace, enumerate_plans
 from paretoserve.plan.units import UnitContext, cover_span
+from paretoserve.runs import read_run
 from paretoserve.sim.api import simulate
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.deployment import kv_link
 from paretoserve.workload.synthetic import build_workload, rescale
+from paretoserve.workload.traces import load_trace
 from prereq import missing
 
 MODEL, DEVICE = "Meta-Llama-3.1-8B", "h100_sxm"
@@ -142,7 +148,8 @@ def test_fixed_rate_mode_sizes_replicas_to_the_rate():
 def test_budget_no_plan_fits_names_the_cheapest_that_would():
     requests = build_workload("azure-conv", requests=40)
     space = SearchSpace(devices=["l40s"], tp=[1, 2, 4, 8], max_devices=1, disagg=False)
-    with pytest.raises(UserError, match=r"no plan .* feasible.*smallest plan that fits in memory.*needs 2 devices"):
+    # 70.6e9 bf16 parameters are 141 GB: more than 2 × 48 GB, less than 0.9 × 4 × 48 GB
+    with pytest.raises(UserError, match=r"no plan .* feasible.*smallest plan that fits in memory.*needs 4 devices"):
         run_search(PlanSearch("Meta-Llama-3.1-70B", "azure-conv", requests, parse_slo("ttft_p90=2s"), space))
 
 
@@ -200,3 +207,113 @@ def test_nsga2_finds_the_grid_optimum_with_fewer_simulations():
     grid_rows = {r["label"]: r for r in grid.rows}
     for row in nsga.front:
         assert row["max_rate_rps"] == grid_rows[row["label"]]["max_rate_rps"]
+
+
+def test_repeated_copies_get_fresh_prefix_hashes():
+    """cover_span's repeats must not hit the prefix cache of the original sample (or of each other),
+    but keep the sharing between requests within a copy."""
+    sample = rescale(load_trace("mooncake-conv")[:60], rate=50.0)
+    hashes = [h for r in sample for h in r.prefix_hashes]
+    assert len(set(hashes)) < len(hashes)  # the sample shares prefixes, so the check means something
+    covered = cover_span(sample, 20.0)
+    copies = len(covered) // len(sample)
+    assert copies >= 2 and len(covered) == copies * len(sample)
+    seen: set[int] = set()
+    for c in range(copies):
+        block = covered[c * len(sample):(c + 1) * len(sample)]
+        block_hashes = {h for r in block for h in r.prefix_hashes}
+        assert not block_hashes & seen, f"copy {c} reuses a hash of an earlier copy"
+        seen |= block_hashes
+        mapping = {}
+        for original, copy in zip(sample, block, strict=True):
+            assert len(copy.prefix_hashes) == len(original.prefix_hashes)
+            for h, g in zip(original.prefix_hashes, copy.prefix_hashes, strict=True):
+                assert mapping.setdefault(h, g) == g  # equal blocks stay equal within a copy
+        assert len(set(mapping.values())) == len(mapping)  # distinct blocks stay distinct
+
+
+def _fixed_rate_search(tmp_path):
+    requests = load_trace("azure-conv")[:100]
+    space = SearchSpace(devices=[DEVICE], tp=[1, 2, 4], max_devices=8, disagg=False)
+    search = PlanSearch(MODEL, "azure-conv", requests, parse_slo("ttft_p90=2s,tpot_p90=100ms"), space, rate=20.0,
+                        executor="serial", min_span_s=5.0)
+    return search, run_search(search)
+
+
+def _attainment(run_dir, slo) -> float:
+    """SLO attainment recomputed from a run folder's requests.jsonl."""
+    records = read_run(run_dir).records
+    return sum(slo.request_ok(r) for r in records) / len(records)
+
+
+def test_verification_compares_and_moves_on_to_the_next_plan(tmp_path):
+    """Verified under a stricter SLO than the search used, the cheapest plan (tp1) misses it in its
+    whole-plan simulation; the next in recommendation order (tp2) meets it and becomes the
+    recommendation. Both whole-plan runs are real simulations, compared with the target."""
+    search, outcome = _fixed_rate_search(tmp_path)
+    strict = dataclasses.replace(search, slo=parse_slo("ttft_p90=150ms,tpot_p90=12ms"))
+    order = [r["label"] for r in recommendation_order(outcome.rows)]
+    out = tmp_path / "plan"
+    tried = plan_api._verify_in_order(outcome, strict, out)
+    assert [v["label"] for v in tried] == order[:2]
+    first, second = tried
+    assert first["met"] is False and second["met"] is True
+    assert first["slo_attainment"] < strict.slo.attainment_target <= second["slo_attainment"]
+    assert first["slo_attainment"] == pytest.approx(_attainment(out / "verify" / "1", strict.slo))
+    assert second["slo_attainment"] == pytest.approx(_attainment(out / "recommended", strict.slo))
+    assert outcome.recommended["label"] == order[1] and sum(r["recommended"] for r in outcome.rows) == 1
+    assert "missed the SLO" in outcome.recommended["reason"] and order[0] in outcome.recommended["reason"]
+    assert second["delivered_rate_rps"] == pytest.approx(20.0, rel=1e-9)
+
+
+def test_no_plan_verified_is_said_plainly(tmp_path):
+    search, outcome = _fixed_rate_search(tmp_path)
+    impossible = dataclasses.replace(search, slo=parse_slo("ttft_p90=5ms,tpot_p90=1ms"))
+    cheapest = recommendation_order(outcome.rows)[0]["label"]
+    tried = plan_api._verify_in_order(outcome, impossible, tmp_path / "plan")
+    assert len(tried) == 3 and not any(v["met"] for v in tried)  # every plan of the space was tried
+    assert all(v["slo_attainment"] < impossible.slo.attainment_target for v in tried)
+    assert outcome.recommended["label"] == cheapest and outcome.recommended["verified"]["met"] is False
+
+
+def test_plan_cli_says_which_device_types_have_no_plan_and_why(tmp_path, wide):
+    """Qwen3-32B (65 GB of bf16 weights) does not fit on one L40S (48 GB), and two cost $3.72/h,
+    over a $3.50/h budget; one H100 (80 GB) fits within it."""
+    out = tmp_path / "plan"
+    result = CliRunner().invoke(app, [
+        "plan", "--model", "Qwen3-32B", "--trace", "azure-conv", "--requests", "60", "--gpus", "h100_sxm,l40s",
+        "--budget-usd", "3.5", "--tp", "1,2", "--no-disagg", "--executor", "serial", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    by_device = {e["device"]: e for e in yaml.safe_load((out / "config.yaml").read_text())["by_device"]}
+    assert set(by_device) == {"h100_sxm", "l40s"}
+    assert by_device["h100_sxm"]["best"].startswith("1×h100_sxm tp1") and by_device["h100_sxm"]["reason"] is None
+    l40s = by_device["l40s"]
+    assert l40s["best"] is None
+    assert "weights and runtime do not fit in memory" in l40s["reason"] and "over the dollar budget" in l40s["reason"]
+    assert "2×l40s tp2" in l40s["reason"] and "$3.72/h" in l40s["reason"]
+    assert "l40s: no plan" in result.output and "do not fit in memory" in result.output
+    # the verification line carries its comparison and the rate delivered
+    verified = next(json.loads(line) for line in (out / "plans.jsonl").read_text().splitlines()
+                    if json.loads(line)["recommended"])["verified"]
+    assert verified["met"] is (verified["slo_attainment"] >= verified["target_attainment"])
+    assert verified["slo_attainment"] == pytest.approx(_attainment(out / "recommended",
+                                                                   parse_slo("ttft_p90=2s,tpot_p90=100ms")))
+    assert verified["delivered_rate_rps"] == pytest.approx(verified["rate_rps"], rel=1e-9)
+    assert ("Verified:" in result.output) is verified["met"]
+
+
+def test_fixed_rate_names_the_device_type_over_budget():
+    """At 60 req/s within 2 devices: an H100 replica serves about 59 req/s, an L40S one about 20, so
+    the L40S plans need more devices than the budget allows."""
+    requests = load_trace("azure-conv")[:100]
+    space = SearchSpace(devices=[DEVICE, "l40s"], tp=[1], max_devices=2, disagg=False)
+    slo = parse_slo("ttft_p90=2s,tpot_p90=100ms")
+    capacity = {r["plan"]["device"]: r["max_rate_rps"] for r in run_search(
+        PlanSearch(MODEL, "azure-conv", requests, slo, space, executor="serial", min_span_s=5.0)).rows}
+    outcome = run_search(PlanSearch(MODEL, "azure-conv", requests, slo, space, rate=60.0, executor="serial",
+                                    min_span_s=5.0))
+    by_device = {e["device"]: e for e in outcome.by_device}
+    assert by_device[DEVICE]["devices"] == math.ceil(60.0 / capacity[DEVICE]) <= 2
+    reason = by_device["l40s"]["reason"]
+    assert by_device["l40s"]["best"] is None and reason.startswith("over the budget (2 devices) at 60 req/s")
+    assert f"needs {math.ceil(60.0 / capacity['l40s'])} devices" in reason

@@ -97,3 +97,18 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
     result = invoke("--trace", "azure-conv", "--requests", "500", "--out", str(tmp_path / "run"))
     assert result.exit_code != 0
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("trace", ["azure-conv", "azure-code"])
+def test_rate_is_delivered_on_the_requests_simulated(tmp_path, trace):
+    """--rate R --requests N: the N requests simulated arrive at R req/s, (N − 1) / (last − first)."""
+    out = tmp_path / "run"
+    result = invoke("--trace", trace, "--rate", "10", "--requests", "200", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    arrivals = sorted(json.loads(line)["arrival_s"] for line in (out / "requests.jsonl").read_text().splitlines())
+    assert len(arrivals) == 200
+    delivered = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    assert delivered == pytest.approx(10.0, rel=0.01)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["delivered_rate_rps"] == pytest.approx(delivered, rel=1e-9)
+    assert "delivered 10 req/s over 200 requests" in result.output

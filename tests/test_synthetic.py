@@ -188,3 +188,16 @@ def test_bad_synthetic_arguments(kwargs: dict[str, object], message: str) -> Non
 def test_trace_too_short_for_requests() -> None:
     with pytest.raises(UserError, match="has 8819 requests, fewer than the 9000"):
         build_workload("azure-code", requests=9000)
+
+
+def test_rate_is_delivered_on_the_requests_kept() -> None:
+    """The first N requests are taken, then rescaled: they (not the whole trace) arrive at the rate."""
+    native = load_trace("azure-conv")
+    kept = build_workload("azure-conv", rate=10.0, requests=200)
+    assert [r.request_id for r in kept] == [r.request_id for r in native[:200]]
+    assert (len(kept) - 1) / (kept[-1].arrival_s - kept[0].arrival_s) == pytest.approx(10.0, rel=1e-12)
+    # the gaps keep their proportions
+    gaps = [b.arrival_s - a.arrival_s for a, b in zip(native[:200], native[1:200], strict=False)]
+    kept_gaps = [b.arrival_s - a.arrival_s for a, b in zip(kept, kept[1:], strict=False)]
+    factor = gaps[0] / kept_gaps[0]
+    assert kept_gaps == pytest.approx([g / factor for g in gaps])

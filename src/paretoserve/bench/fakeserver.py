@@ -19,7 +19,8 @@ A prompt (or last chat message) containing `FAULT=<kind>` asks for a fault:
 `http_<status>` (that status with a JSON error body), `stall` (one token, then silence),
 `cut` (a few tokens, then the connection is closed mid-body), `bad_sse` (an event that is not JSON),
 `slow` (tokens every `slow_interval_s`), `json` (a complete non-streamed JSON reply, as from a
-server that ignores `stream: true`).
+server that ignores `stream: true`). With `fail_every` = k > 0, every k-th completion request
+(the k-th, 2k-th, ... received) gets HTTP 500 whatever its prompt, for a known share of failures.
 
 Run standalone: `python -m paretoserve.bench.fakeserver --port 8123 [--token-interval 0.01]`.
 """
@@ -47,6 +48,7 @@ class FakeServerConfig:
         cut_after_tokens: tokens sent before the `cut` fault closes the connection.
         tokens_per_event: tokens carried by each streamed event.
         api_key: required bearer token, None for none.
+        fail_every: every this-many-th completion request gets HTTP 500 (0: none).
     """
 
     token_interval_s: float = 0.0
@@ -54,6 +56,7 @@ class FakeServerConfig:
     cut_after_tokens: int = 2
     tokens_per_event: int = 1
     api_key: str | None = None
+    fail_every: int = 0
 
 
 def _chunk(data: bytes) -> bytes:
@@ -74,6 +77,7 @@ class _Handler:
         self.seen_headers: list[dict[str, str]] = []
         self.streams = 0
         self.max_streams = 0
+        self.completions = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer requests on one keep-alive connection until the peer closes it."""
@@ -115,6 +119,10 @@ class _Handler:
             self._json(writer, 200, {"count": len(tokens), "tokens": tokens, "max_model_len": 1 << 20})
             return True
         if method == "POST" and path.endswith(("/completions", "/chat/completions")):
+            self.completions += 1
+            if self.config.fail_every and self.completions % self.config.fail_every == 0:
+                self._json(writer, 500, {"error": {"message": "injected failure (fail_every)"}})
+                return True
             self.streams += 1
             self.max_streams = max(self.max_streams, self.streams)
             try:

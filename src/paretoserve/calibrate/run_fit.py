@@ -6,7 +6,10 @@ settings (model, device, TP, `max_num_seqs`, `max_num_batched_tokens`, KV blocks
 predicts those times; `fit_run` finds the four global `Coefficients` of the step-time model —
 compute and memory efficiency scales, a per-iteration and a per-token overhead — that make the
 predicted TTFT, TPOT and E2E (mean, p50, p90) match the measured ones on the requests chosen for
-fitting (by default all; `fit_fraction` = 0.5 keeps the later half of the arrivals for checking).
+fitting: by default the first half by arrival (`DEFAULT_FIT_FRACTION`), the later half held out to
+report the error on requests the fit did not see; `fit_fraction` = 1 fits on all. A profile records
+the run it was fitted on (`run_fingerprint`) and how many of its requests, so that `validate` can
+say when it is shown the same run.
 
 Load generators that cap the requests in flight (`bench --concurrency C`, with a rate: at most C in
 flight; alone: a closed loop of C) are replayed with the same cap: each request is sent at its
@@ -34,6 +37,7 @@ sizes and contexts (the small ridge picks the pair closest to the datasheet).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +58,8 @@ METRICS = ("ttft", "tpot", "e2e")
 STATS = ("mean", "p50", "p90")
 REPORT_STATS = ("mean", "p50", "p90", "p99")
 _RIDGE = 0.01
+#: Share of a run's requests (the first, by arrival) that `fit_run` fits on; the rest are held out.
+DEFAULT_FIT_FRACTION = 0.5
 
 
 @dataclass
@@ -312,6 +318,17 @@ def latency_stats(records: Iterable[RequestRecord], ids: set[str] | None = None,
     return out
 
 
+def run_fingerprint(setup: RunSetup) -> str:
+    """Hash of the measured requests a setup replays (ids, arrivals, lengths, token times): the same
+    run gives the same fingerprint wherever its folder is, another run a different one."""
+    digest = hashlib.sha256()
+    for q in setup.requests:
+        m = setup.measured[q.request_id]
+        digest.update(f"{q.request_id!r},{q.arrival_s!r},{q.prompt_tokens},{q.output_tokens},"
+                      f"{m.first_token_s!r},{m.last_token_s!r};".encode())
+    return digest.hexdigest()[:16]
+
+
 def split_ids(setup: RunSetup, fit_fraction: float) -> tuple[set[str], set[str]]:
     """(fit ids, held-out ids): the first `fit_fraction` of the measured requests by arrival."""
     if not 0.0 < fit_fraction <= 1.0:
@@ -358,7 +375,7 @@ def _pairs(pred: dict, meas: dict) -> dict[str, dict[str, tuple[float, float]]]:
 
 
 def fit_run(setup: RunSetup, *, kernels: dict | None = None, start: Coefficients | None = None,
-            fit_fraction: float = 1.0, max_evaluations: int = 400,
+            fit_fraction: float = DEFAULT_FIT_FRACTION, max_evaluations: int = 400,
             progress: Callable[[int, float], None] | None = None) -> RunFit:
     """Fit the global coefficients to the run (see the module docstring)."""
     fit_ids, held_ids = split_ids(setup, fit_fraction)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from paretoserve.bench.client import error_kind
 from paretoserve.bench.importers import import_vllm
 from paretoserve.bench.runner import BenchSpec, run_bench, run_sweep
 from paretoserve.cli.app import app, console, err_console
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import parse_slo
 from paretoserve.report.tables import print_summary
-from paretoserve.runs import REQUESTS_FILE
+from paretoserve.runs import REQUESTS_FILE, read_run
 
 
 def _headers(values: list[str]) -> dict[str, str]:
@@ -86,8 +88,13 @@ def bench_cmd(
     slo: str | None = typer.Option(None, "--slo", help="SLO for goodput, e.g. ttft_p90=1s,tpot_p90=60ms."),
     seed: int = typer.Option(0, "--seed", help="Seed of arrivals, lengths and prompt words."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress table."),
+    max_failed_share: float = typer.Option(0.1, "--max-failed-share", min=0.0, max=1.0,
+                                           help="Exit with status 1 when more than this share of the "
+                                           "requests failed (the run is still written)."),
 ) -> None:
-    """Measure a real OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp) with a workload."""
+    """Measure a real OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp) with a workload.
+
+    Exits 1 when more than --max-failed-share of the requests failed (default: more than 10%)."""
     if endpoint not in ("completions", "chat"):
         raise UserError(f"--endpoint {endpoint!r}: expected completions or chat")
     spec = BenchSpec(url=url, model=model, endpoint=endpoint, trace=trace, arrival=arrival,  # type: ignore[arg-type]
@@ -111,6 +118,22 @@ def bench_cmd(
         err_console.print(f"[yellow]interrupted[/]: {where}")
         raise typer.Exit(code=130) from None
     print_summary(summary, title=f"bench {url} ({out})", console=console)
+    if summary.requests and summary.failed / summary.requests > max_failed_share:
+        err_console.print(f"[red]{summary.failed:,} of {summary.requests:,} requests failed "
+                          f"({summary.failed / summary.requests:.0%}, more than --max-failed-share "
+                          f"{max_failed_share:.0%})[/]{_common_error(out)}; the run is written to {out}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
+
+
+def _common_error(run_dir: Path) -> str:
+    """': most often <kind> (<example>)' for the run's failed requests, '' when none is recorded."""
+    errors = [r.error for r in read_run(run_dir).records if r.error]
+    if not errors:
+        return ""
+    kind, _ = Counter(error_kind(e) for e in errors).most_common(1)[0]
+    example = next(e for e in errors if error_kind(e) == kind)
+    return f": most often {kind} ({example})"
 
 
 @app.command("import-vllm")

@@ -43,9 +43,10 @@ def calibrate_cmd(
     quick: bool = typer.Option(False, "--quick", help="Skip the leave-one-out fit report."),
     profile: Annotated[Path | None, typer.Option(
         "--profile", help="With --from: start from this (kernel) profile of the run's device.")] = None,
-    fit_fraction: float = typer.Option(
-        1.0, "--fit-fraction",
-        help="With --from: fit on this first fraction of the requests (by arrival), check on the rest."),
+    fit_fraction: float | None = typer.Option(
+        None, "--fit-fraction",
+        help="With --from: fit on this first fraction of the requests (by arrival) and report the error "
+             "on the rest; 1 fits on all (nothing held out) [default: 0.5, the first half]."),
     model: str | None = typer.Option(None, "--model", "-m",
                                      help="With --from: the served model, if the run does not record it."),
     tp: int | None = typer.Option(None, "--tp", help="With --from: tensor-parallel degree of the run."),
@@ -111,16 +112,18 @@ def print_fit_quality(profile: Profile) -> None:
     console.print(table)
 
 
-def _calibrate_run(run_dir: Path, out: Path, base: Path | None, fit_fraction: float,
+def _calibrate_run(run_dir: Path, out: Path, base: Path | None, fit_fraction: float | None,
                    **overrides: object) -> None:
     """`calibrate --from RUN`: fit the global coefficients to a measured run and write a profile."""
-    from paretoserve.calibrate.run_fit import fit_run, run_setup
+    from paretoserve.calibrate.run_fit import DEFAULT_FIT_FRACTION, fit_run, run_fingerprint, run_setup, split_ids
     from paretoserve.perf.profile import Profile, load_profile, save_profile
     from paretoserve.runs import read_run
 
+    fit_fraction = DEFAULT_FIT_FRACTION if fit_fraction is None else fit_fraction
     run = read_run(run_dir)
     setup = run_setup(run, **overrides)  # type: ignore[arg-type]
     start = load_profile(base, device=setup.device.name) if base is not None else None
+    fit_requests = len(split_ids(setup, fit_fraction)[0])
     with console.status("fitting coefficients (simulating the run)...") as status:
         result = fit_run(setup, kernels=start.kernels if start else None,
                          start=start.coefficients if start else None, fit_fraction=fit_fraction,
@@ -132,7 +135,9 @@ def _calibrate_run(run_dir: Path, out: Path, base: Path | None, fit_fraction: fl
         engine_version=str(engine.get("vllm_version") or (start.engine_version if start else "")),
         source=f"run {run_dir}" + (f" on top of {base}" if base else ""),
         coefficients=result.coefficients, kernels=start.kernels if start else {},
-        fit={"run": {"replay": setup.settings(), "fit_fraction": fit_fraction,
+        fit={"run": {"replay": setup.settings(), "fit_fraction": fit_fraction, "run": str(run_dir),
+                     "run_fingerprint": run_fingerprint(setup), "requests": len(setup.requests),
+                     "fit_requests": fit_requests,
                      "evaluations": result.evaluations,
                      "loss_start": round(result.loss_start, 6), "loss": round(result.loss, 6),
                      "fit": _rounded(result.fit), "heldout": _rounded(result.heldout)}},
@@ -148,9 +153,13 @@ def _calibrate_run(run_dir: Path, out: Path, base: Path | None, fit_fraction: fl
                   f"{c.step_overhead_s * 1e3:.3f} ms per iteration, "
                   f"{c.token_overhead_s * 1e6:.3f} µs per token")
     console.print(comparison_table("Fitting requests: before → after calibration", result.fit, result.start))
+    held = len(setup.requests) - fit_requests
     if result.heldout:
-        console.print(comparison_table("Held-out requests (later arrivals): predicted vs measured",
-                                       result.heldout))
+        console.print(comparison_table(f"Held-out requests (the later {held:,} by arrival, not used by the fit): "
+                                       "predicted vs measured", result.heldout))
+    else:
+        console.print(f"[yellow]fitted on all {len(setup.requests):,} requests: nothing held out, so no error on "
+                      "unseen requests is reported (--fit-fraction below 1 holds the later ones out)[/]")
     console.print(f"wrote {path}")
 
 

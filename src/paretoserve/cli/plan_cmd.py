@@ -107,20 +107,48 @@ def _print(result: PlanResult) -> None:
                       f"{row['joules_per_token']:.2f}", marks)
     console.print(table)
     console.print("[dim]★ recommended (cheapest plan meeting the SLO); knee: the front's best compromise[/]")
+    _print_devices(outcome.by_device)
     best = outcome.recommended
     if best is None:
         console.print("[yellow]No plan meets the SLO at any rate; relax the SLO or add faster devices.[/]")
     else:
         console.print(f"[bold]Recommended:[/] {best['label']}")
         console.print(str(best["reason"]))
-        if result.verified:
-            v = result.verified
-            att = v["slo_attainment"]
-            console.print(f"Verified by simulating the whole plan at {v['rate_rps']:.2f} req/s: SLO attainment "
-                          f"{att:.1%}" if att is not None else "Verified run written", highlight=False)
+        for verification in result.verifications:
+            console.print(_verification_line(verification), highlight=False)
+        if not result.verifications:
+            console.print("Not verified (--no-verify): the figures above are the planner's estimates.")
+        elif not result.verified or not result.verified["met"]:
+            console.print(f"[bold red]No plan was verified to meet the SLO:[/] the {len(result.verifications)} "
+                          "cheapest plans missed its attainment target when simulated whole; the "
+                          "recommendation above is the planner's estimate only.")
         console.print(f"reproduce: [cyan]{best['command']}[/]", soft_wrap=True)
     console.print(f"report: {result.report}   front: {result.out_dir / 'front.csv'}   "
                   f"plans: {result.out_dir / 'plans.jsonl'}", soft_wrap=True)
+
+
+def _verification_line(v: dict[str, object]) -> str:
+    """One whole-plan simulation: what was simulated, the rate delivered, and met or not."""
+    delivered = v["delivered_rate_rps"]
+    at = (f"{v['label']} simulated whole at {float(v['rate_rps']):.2f} req/s (delivered "
+          + ("an undefined rate" if delivered is None else f"{float(delivered):.2f} req/s")
+          + f" over {v['requests']} requests)")
+    attainment, target = v["slo_attainment"], float(v["target_attainment"])  # type: ignore[arg-type]
+    if v["met"]:
+        return f"[green]Verified:[/] {at} meets the SLO: attainment {float(attainment):.1%} ≥ target {target:.0%}."
+    got = "no attainment" if attainment is None else f"attainment {float(attainment):.1%}"
+    return f"[red]SLO not met:[/] {at}: {got}, below the target {target:.0%}."
+
+
+def _print_devices(by_device: list[dict[str, object]]) -> None:
+    """Each requested device type: its best plan (estimated), or why it has none."""
+    console.print("By device type (best plan estimated to meet the SLO, or why there is none):")
+    for entry in by_device:
+        if entry["best"] is None:
+            console.print(f"  {entry['device']}: [yellow]no plan[/] — {entry['reason']}", highlight=False)
+        else:
+            console.print(f"  {entry['device']}: {entry['best']}, ${float(entry['usd_per_million_tokens']):.3f}"
+                          f"/Mtok, up to {float(entry['max_rate_rps']):.2f} req/s", highlight=False)
 
 
 def _label(row: dict[str, object], rows: list[dict[str, object]]) -> str:

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from paretoserve.cli.app import app, console
 from paretoserve.errors import UserError
+from paretoserve.metrics.summary import Summary
 from paretoserve.report.tables import print_summary
 from paretoserve.sim.api import simulate_run
 from paretoserve.sim.run_config import SimulateConfig
@@ -99,4 +100,12 @@ def simulate_cmd(
         summary = simulate_run(config, out, progress=progress)
     print_summary(summary, title=f"{config.model} on {config.hardware} · {config.policy} · "
                                  f"{config.trace or 'synthetic'}")
+    console.print(delivered_line(summary), highlight=False)
     console.print(f"[dim]run written to {out}[/]")
+
+
+def delivered_line(summary: Summary) -> str:
+    """'delivered X req/s over N requests': the rate the simulated requests arrived at."""
+    rate = summary.delivered_rate_rps
+    text = "an undefined rate" if rate is None else f"{rate:.4g} req/s"
+    return f"delivered {text} over {summary.requests:,} requests ((N − 1) / (last − first arrival))"

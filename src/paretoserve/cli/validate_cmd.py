@@ -29,7 +29,7 @@ def validate_cmd(
     kv_tokens: int | None = typer.Option(None, "--kv-tokens", help="KV-cache capacity in tokens."),
 ) -> None:
     """Predict a measured run (same arrivals, lengths, engine settings) and print the errors."""
-    from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
+    from paretoserve.calibrate.run_fit import compare_table, run_fingerprint, run_setup, simulate_setup, step_model_for
     from paretoserve.cli.calibrate_cmd import comparison_table
     from paretoserve.outputs import claim_folder
     from paretoserve.perf.calibrated import Coefficients
@@ -55,12 +55,27 @@ def validate_cmd(
                   f"with the {what}")
     title = "Predicted vs measured (error = (predicted − measured) / measured)"
     console.print(comparison_table(title, pairs))
+    fitted = (prof.fit.get("run") or {}) if prof else {}
+    same_run = fitted.get("run_fingerprint") == run_fingerprint(setup)
+    if same_run:
+        fit_requests = int(fitted.get("fit_requests") or len(setup.requests))
+        held = {q.request_id for q in setup.requests[fit_requests:]}
+        console.print(f"[yellow]This profile was fitted on this run: on the first {fit_requests:,} of its "
+                      f"{len(setup.requests):,} requests by arrival; the table above includes them.[/]")
+        if held:
+            console.print(comparison_table(f"Held-out requests only (the later {len(held):,}, not used by "
+                                           "the fit): predicted vs measured",
+                                           compare_table(predicted, setup.measured.values(), held)))
+        else:
+            console.print("[yellow]Not a validation: every request was used by the fit, so these errors are "
+                          "the fit's own; validate on another run.[/]")
     if not any(r.itl_s for r in setup.measured.values()):
         console.print("[dim]ITL: the measured run records no per-token gaps; compare TPOT instead.[/]")
     if out is None:
         return
     config = {"command": "validate", "paretoserve_version": importlib.metadata.version("paretoserve"),
               "measured": str(measured), "profile": str(profile) if profile else None,
+              "profile_fitted_on_this_run": same_run,
               "replay": setup.settings(), "replay_sources": setup.notes}
     with RunWriter(out, config, keep_partial=False, flush_every=4096, estimated=True, inputs=inputs) as writer:
         for record in predicted:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import Slo
+from paretoserve.workload.synthetic import delivered_rate
 
 _QUANTILES = (50.0, 90.0, 95.0, 99.0)
 
@@ -53,6 +54,9 @@ class Summary(BaseModel):
         ttft, tpot, itl, e2e: latency distributions, seconds.
         input_tokens, output_tokens: prompt and output tokens of completed requests.
         input_tokens_per_s, output_tokens_per_s, requests_per_s: over `duration_s`.
+        delivered_rate_rps: the rate at which the requests arrived, (requests − 1) / (last arrival −
+            first arrival) in requests/s (`workload.synthetic.delivered_rate`); None for fewer
+            than two distinct arrival times.
         slo: the SLO string used, None when none was given.
         goodput_rps: completed requests per second meeting the SLO (None without an SLO).
         slo_attainment: fraction of all requests meeting the SLO (None without an SLO).
@@ -81,6 +85,7 @@ class Summary(BaseModel):
     input_tokens_per_s: float
     output_tokens_per_s: float
     requests_per_s: float
+    delivered_rate_rps: float | None = None
     slo: str | None = None
     goodput_rps: float | None = None
     slo_attainment: float | None = None
@@ -160,6 +165,7 @@ class SummaryBuilder:
         self._output_tokens = 0
         self._preemptions = 0
         self._start_s = math.inf
+        self._last_arrival_s = -math.inf
         self._end_s = -math.inf
 
     def add(self, record: RequestRecord) -> None:
@@ -167,6 +173,7 @@ class SummaryBuilder:
         self._requests += 1
         self._preemptions += record.preemptions
         self._start_s = min(self._start_s, record.arrival_s)
+        self._last_arrival_s = max(self._last_arrival_s, record.arrival_s)
         end = record.last_token_s if record.last_token_s is not None else record.arrival_s
         self._end_s = max(self._end_s, end)
         if not record.ok:
@@ -211,6 +218,7 @@ class SummaryBuilder:
             "input_tokens_per_s": per_second(self._input_tokens),
             "output_tokens_per_s": per_second(self._output_tokens),
             "requests_per_s": per_second(self._completed),
+            "delivered_rate_rps": delivered_rate(self._requests, self._start_s, self._last_arrival_s),
             "preemptions_total": self._preemptions,
         }
         if self.slo is not None:

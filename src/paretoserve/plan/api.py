@@ -1,13 +1,21 @@
 """`plan(...)`: the planner as a library call — search, verify the recommendation, write outputs.
 
 The output folder holds `plans.jsonl` (every evaluated plan), `front.csv` (the Pareto front),
-`config.yaml` (the search), `evaluations.jsonl` (unit results; a rerun with the same folder resumes
-from it) and `recommended/` (a full simulation of the recommended plan, a run folder). The report
-layer adds `report.html`: `paretoserve.plan` (`paretoserve.planning`) runs this search, then the report.
+`config.yaml` (the search, and `by_device`: each device type's best plan or why it has none),
+`evaluations.jsonl` (unit results; a rerun with the same folder resumes from it), `recommended/` (a
+full simulation of the recommended plan, a run folder) and `verify/<rank>/` (the whole-plan
+simulations of cheaper plans that missed the SLO, if any). The report layer adds `report.html`:
+`paretoserve.plan` (`paretoserve.planning`) runs this search, then the report.
+
+Verification: the planner's figures come from per-engine units, so plans are simulated whole, in
+recommendation order (cheapest first), until one meets the SLO's attainment target — at most
+`MAX_VERIFIED`. The first that does is recommended; when none does, the cheapest stays recommended
+and its `verified.met` is false.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,15 +29,24 @@ import yaml
 from paretoserve.atomic import write_text_atomic
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import Slo
-from paretoserve.outputs import open_folder
+from paretoserve.outputs import install_folder, open_folder
 from paretoserve.perf.profile import load_profile
-from paretoserve.plan.search import PlanOutcome, PlanSearch, check_search, run_search
+from paretoserve.plan.search import (
+    PlanOutcome,
+    PlanSearch,
+    check_search,
+    recommend_instead,
+    recommendation_order,
+    run_search,
+)
 from paretoserve.plan.space import SearchSpace
 from paretoserve.sim.api import simulate_run
 from paretoserve.sim.run_config import SimulateConfig
 from paretoserve.workload.traces import load_trace
 
 RESUME_FILE = "evaluations.jsonl"
+#: Most whole-plan simulations of the verification: the recommended plan and 3 more.
+MAX_VERIFIED = 4
 FRONT_COLUMNS = ("label", "devices", "max_rate_rps", "usd_per_hour", "usd_per_million_tokens", "ttft_p90_s",
                  "tpot_p90_s", "e2e_p90_s", "joules_per_token", "goodput_per_device", "goodput_per_usd_hour",
                  "knee", "recommended", "command")
@@ -37,11 +54,13 @@ FRONT_COLUMNS = ("label", "devices", "max_rate_rps", "usd_per_hour", "usd_per_mi
 
 @dataclass
 class PlanResult:
-    """What `plan` produced: the search outcome, the verification run's summary and the files."""
+    """What `plan` produced: the search outcome, the recommended plan's verification (None when
+    not verified), every verification in the order tried, and the files."""
 
     outcome: PlanOutcome
     out_dir: Path
     verified: dict[str, object] | None
+    verifications: list[dict[str, object]]
 
     @property
     def report(self) -> Path:
@@ -75,18 +94,39 @@ def plan(model: str, *, trace: str, slo: Slo, space: SearchSpace, out: str | Pat
     check_search(plan_search)  # every choice is checked before the folder is made
     out_dir = open_folder(out, "plan", inputs=(model, trace, *(profiles or [])))
     outcome = run_search(plan_search, progress)
-    verified = None
+    verifications: list[dict[str, object]] = []
+    if outcome.recommended is not None and verify:
+        verifications = _verify_in_order(outcome, plan_search, out_dir)
     recommended = outcome.recommended
-    if recommended is not None and verify:
-        verified = _verify(recommended, plan_search, out_dir / "recommended")
-        recommended["verified"] = verified
     _write_outputs(outcome, plan_search, out_dir)
-    return PlanResult(outcome, out_dir, verified)
+    verified = recommended.get("verified") if recommended is not None else None
+    return PlanResult(outcome, out_dir, verified, verifications)  # type: ignore[arg-type]
+
+
+def _verify_in_order(outcome: PlanOutcome, search: PlanSearch, out_dir: Path) -> list[dict[str, object]]:
+    """Simulate plans whole in recommendation order until one meets the SLO (at most
+    `MAX_VERIFIED`), recommend the first that does, and move its run to `recommended/`; each
+    tried row gets its `verified` figures. Returns them, with the plan's label, in order."""
+    tried: list[dict[str, object]] = []
+    for rank, row in enumerate(recommendation_order(outcome.rows)[:MAX_VERIFIED], 1):
+        row["verified"] = _verify(row, search, out_dir / "verify" / str(rank))
+        tried.append(row)
+        if row["verified"]["met"]:
+            break
+    chosen = tried[-1] if tried[-1]["verified"]["met"] else tried[0]  # type: ignore[index]
+    if chosen is not tried[0]:
+        recommend_instead(outcome.rows, chosen, tried[:-1])
+    verified: dict[str, object] = chosen["verified"]  # type: ignore[assignment]
+    install_folder(Path(str(verified["run"])), out_dir / "recommended", "simulate")
+    verified["run"] = str(out_dir / "recommended")
+    with contextlib.suppress(OSError):
+        (out_dir / "verify").rmdir()  # only when no other plan was simulated
+    return [{"label": r["label"], **r["verified"]} for r in tried]  # type: ignore[dict-item]
 
 
 def _verify(row: dict[str, object], search: PlanSearch, out_dir: Path) -> dict[str, object]:
-    """Simulate the recommended plan as a whole cluster at its rate; the planner's figures come
-    from per-engine units, so this checks them end to end."""
+    """Simulate a plan as a whole cluster at its rate (the planner's figures come from per-engine
+    units, so this checks them end to end) and compare its SLO attainment with the target."""
     p = row["plan"]
     disagg = p["disagg"]
     rate = search.rate if search.rate is not None else float(row["max_rate_rps"])
@@ -101,8 +141,12 @@ def _verify(row: dict[str, object], search: PlanSearch, out_dir: Path) -> dict[s
         profile=search.profiles.get(p["device"]),
         gpu_memory_utilization=search.space.gpu_memory_utilization, iteration_trace=True)
     summary = simulate_run(config, out_dir)
-    return {"rate_rps": rate, "slo_attainment": summary.slo_attainment, "ttft_p90_s": summary.ttft.p90,
-            "tpot_p90_s": summary.tpot.p90, "run": str(out_dir)}
+    target = search.slo.attainment_target
+    attainment = summary.slo_attainment
+    return {"rate_rps": rate, "delivered_rate_rps": summary.delivered_rate_rps, "requests": summary.requests,
+            "slo_attainment": attainment, "target_attainment": target,
+            "met": attainment is not None and attainment >= target,
+            "ttft_p90_s": summary.ttft.p90, "tpot_p90_s": summary.tpot.p90, "run": str(out_dir)}
 
 
 def _write_outputs(outcome: PlanOutcome, search: PlanSearch, out_dir: Path) -> None:
@@ -119,7 +163,8 @@ def _write_outputs(outcome: PlanOutcome, search: PlanSearch, out_dir: Path) -> N
               "search": search.search, "trials": search.trials,
               "space": search.space.model_dump(mode="json"), "profiles": search.profiles,
               "units_evaluated": outcome.units,
-              "plans_evaluated": len(outcome.rows), "pruned": outcome.enumeration.pruned, "estimated": True}
+              "plans_evaluated": len(outcome.rows), "pruned": outcome.enumeration.pruned,
+              "by_device": [_jsonable(entry) for entry in outcome.by_device], "estimated": True}
     write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 

@@ -61,6 +61,7 @@ class PlanOutcome:
     enumeration: Enumeration
     units: int
     unit_results: dict[str, UnitResult] = field(default_factory=dict)
+    by_device: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def recommended(self) -> dict[str, object] | None:
@@ -140,12 +141,11 @@ def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None =
     if search.rate is not None:
         rows = _dedupe(rows)
         if not rows:
-            raise UserError(f"no plan serves {search.rate:g} req/s within the budget "
-                            f"({search.space.max_devices} devices"
-                            + (f", ${search.space.max_usd_per_hour:g}/h" if search.space.max_usd_per_hour else "")
-                            + ")" + _best_unbounded(enum, results, plan_units, search))
+            raise UserError(f"no plan serves {search.rate:g} req/s within the budget ({_budget(search.space)})"
+                            + _best_unbounded(enum, results, plan_units, search))
     mark_front(rows, search.objectives)
-    return PlanOutcome(rows, enum, len(unique), results)
+    by_device = device_summary(search, enum, rows, results, plan_units)
+    return PlanOutcome(rows, enum, len(unique), results, by_device)
 
 
 def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> dict[str, object] | None:
@@ -221,16 +221,36 @@ def mark_front(rows: list[dict[str, object]], objectives: tuple[str, ...]) -> No
     knee = knee_index([[float(r[f]) for f in fields] for r in front])
     if knee is not None:
         front[knee]["knee"] = True
-    best = min(feasible, key=lambda r: (r["usd_per_million_tokens"], r["devices"]))
+    best = recommendation_order(rows)[0]
     best["recommended"] = True
     best["reason"] = _reasons(best, feasible)
 
 
-def _reasons(best: dict[str, object], feasible: list[dict[str, object]]) -> str:
+def recommendation_order(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The plans that meet the SLO (by their units' estimates), cheapest per token first (then
+    fewest devices): the order in which plans are recommended."""
+    return sorted((r for r in rows if r["feasible"]), key=lambda r: (r["usd_per_million_tokens"], r["devices"]))
+
+
+def recommend_instead(rows: list[dict[str, object]], chosen: dict[str, object],
+                      missed: list[dict[str, object]]) -> None:
+    """Move the recommendation to `chosen` because the cheaper plans `missed` failed their
+    whole-plan simulation (each carries its `verified` figures); the reasons say so."""
+    for row in rows:
+        row["recommended"] = row is chosen
+    labels = "; ".join(f"{r['label']} ({r['verified']['slo_attainment']:.1%})" for r in missed)  # type: ignore[index]
+    feasible = [r for r in rows if r["feasible"]]
+    chosen["reason"] = (f"The {len(missed)} cheaper plan{'s' if len(missed) != 1 else ''} missed the SLO "
+                        f"attainment target when simulated whole: {labels}.\n"
+                        + _reasons(chosen, feasible, first=f"Cheapest plan whose whole-plan simulation meets "
+                                                          f"the SLO, of {len(feasible)} estimated to meet it"))
+
+
+def _reasons(best: dict[str, object], feasible: list[dict[str, object]], first: str | None = None) -> str:
     """Why the recommended plan: cost, latency at its rate, and the runner-up of the other kind."""
     disagg = best["plan"]["disagg"] is not None  # type: ignore[index]
-    lines = [f"Cheapest of {len(feasible)} plans that meet the SLO: "
-             f"${best['usd_per_million_tokens']:.3f} per million output tokens at "
+    first = first or f"Cheapest of {len(feasible)} plans that meet the SLO"
+    lines = [f"{first}: ${best['usd_per_million_tokens']:.3f} per million output tokens at "
              f"{best['max_rate_rps']:.2f} req/s on {best['devices']} device{'s' if best['devices'] != 1 else ''}."]
     lines.append(f"TTFT p90 {_ms(best['ttft_p90_s'])}, TPOT p90 {_ms(best['tpot_p90_s'])}, "
                  f"{best['joules_per_token']:.2f} J per output token (estimated by simulation).")
@@ -287,12 +307,70 @@ def _nothing_fits(enum: Enumeration) -> str:
 def _best_unbounded(enum: Enumeration, results: dict[str, UnitResult], plan_units: dict[Plan, list[Unit]],
                     search: PlanSearch) -> str:
     """Suffix naming the cheapest plan that would serve the rate if the budget allowed."""
-    unbounded = replace(search, space=search.space.model_copy(update={"max_devices": 10**6,
-                                                                       "max_usd_per_hour": None}))
-    rows = [row for plan in enum.plans if all(u.key in results for u in plan_units[plan])
-            and (row := plan_row(plan, [results[u.key] for u in plan_units[plan]], unbounded)) is not None]
+    rows = _unbounded_rows(enum.plans, results, plan_units, search)
     if not rows:
         return "; no plan meets the SLO at any size — relax the SLO or add faster devices"
     best = min(rows, key=lambda r: r["usd_per_hour"])
     return (f"; the cheapest that would is {best['label']} at ${best['usd_per_hour']:.2f}/h — it needs "
             f"{best['devices']} devices")
+
+
+def _unbounded_rows(plans: list[Plan], results: dict[str, UnitResult], plan_units: dict[Plan, list[Unit]],
+                    search: PlanSearch) -> list[dict[str, object]]:
+    """Rows of the evaluated `plans` sized for the fixed rate as if there were no budget."""
+    unbounded = replace(search, space=search.space.model_copy(update={"max_devices": 10**6,
+                                                                       "max_usd_per_hour": None}))
+    return [row for plan in plans if all(u.key in results for u in plan_units[plan])
+            and (row := plan_row(plan, [results[u.key] for u in plan_units[plan]], unbounded)) is not None]
+
+
+def _budget(space: SearchSpace) -> str:
+    """The budget in words, e.g. '8 devices, $3.5/h'."""
+    return f"{space.max_devices} devices" + (f", ${space.max_usd_per_hour:g}/h" if space.max_usd_per_hour else "")
+
+
+def device_summary(search: PlanSearch, enum: Enumeration, rows: list[dict[str, object]],
+                   results: dict[str, UnitResult], plan_units: dict[Plan, list[Unit]]) -> list[dict[str, object]]:
+    """Each device type of the search space with its best plan (the cheapest estimated to meet the
+    SLO) or, in `reason`, why it has none."""
+    summary: list[dict[str, object]] = []
+    for name in search.space.devices:
+        device = load_device(name).name
+        ranked = recommendation_order([r for r in rows if r["plan"]["device"] == device])  # type: ignore[index]
+        entry: dict[str, object] = {"device": device, "best": None, "devices": None, "max_rate_rps": None,
+                                    "usd_per_million_tokens": None, "reason": None}
+        if ranked:
+            best = ranked[0]
+            entry.update(best=best["label"], devices=best["devices"], max_rate_rps=best["max_rate_rps"],
+                         usd_per_million_tokens=best["usd_per_million_tokens"])
+        else:
+            entry["reason"] = _absent_reason(device, search, enum, results, plan_units)
+        summary.append(entry)
+    return summary
+
+
+def _absent_reason(device: str, search: PlanSearch, enum: Enumeration, results: dict[str, UnitResult],
+                   plan_units: dict[Plan, list[Unit]]) -> str:
+    """Why `device` has no plan in the answer: pruned (and why), unsampled, over budget at the rate,
+    or no plan on it meets the SLO."""
+    plans = [p for p in enum.plans if p.engine.device == device]
+    if not plans:
+        pruned = sorted(enum.pruned_by_device.get(device, {}).items(), key=lambda kv: -kv[1])
+        text = "no plan in the search space: " + (", ".join(why for why, _ in pruned) or "nothing to try")
+        if device in enum.over_budget:
+            plan, budget = enum.over_budget[device]
+            price = plan.devices * load_device(device).price_per_hour
+            text += (f"; the smallest that fits in memory, {plan.label}, is {budget} "
+                     f"({plan.devices} devices, ${price:.2f}/h; budget {_budget(search.space)})")
+        return text
+    evaluated = [p for p in plans if all(u.key in results for u in plan_units[p])]
+    if not evaluated:
+        return "not sampled by the NSGA-II search"
+    if search.rate is not None:
+        unbounded = _unbounded_rows(evaluated, results, plan_units, search)
+        if unbounded:
+            best = min(unbounded, key=lambda r: r["usd_per_hour"])
+            return (f"over the budget ({_budget(search.space)}) at {search.rate:g} req/s: the cheapest plan "
+                    f"that would serve it, {best['label']}, needs {best['devices']} devices at "
+                    f"${best['usd_per_hour']:.2f}/h")
+    return "no plan meets the SLO at any rate"

@@ -160,15 +160,24 @@ class SearchSpace(BaseModel):
 
 @dataclass
 class Enumeration:
-    """Plans to evaluate, and what pruning removed (with the reason per kind)."""
+    """Plans to evaluate, and what pruning removed: counts per reason, overall and per device
+    type, and per device type the smallest plan that fits in memory but is over a budget."""
 
     plans: list[Plan] = field(default_factory=list)
     pruned: dict[str, int] = field(default_factory=dict)
-    smallest_infeasible: tuple[Plan, str] | None = None
+    pruned_by_device: dict[str, dict[str, int]] = field(default_factory=dict)
+    over_budget: dict[str, tuple[Plan, str]] = field(default_factory=dict)
 
-    def prune(self, reason: str) -> None:
-        """Count one plan removed for `reason`."""
+    def prune(self, reason: str, device: str) -> None:
+        """Count one plan on `device` removed for `reason`."""
         self.pruned[reason] = self.pruned.get(reason, 0) + 1
+        mine = self.pruned_by_device.setdefault(device, {})
+        mine[reason] = mine.get(reason, 0) + 1
+
+    @property
+    def smallest_infeasible(self) -> tuple[Plan, str] | None:
+        """The smallest plan over a budget (fewest devices, of any type), with the budget's name."""
+        return min(self.over_budget.values(), key=lambda item: item[0].devices, default=None)
 
 
 def enumerate_plans(space: SearchSpace, model: ModelSpec) -> Enumeration:
@@ -192,12 +201,10 @@ def enumerate_plans(space: SearchSpace, model: ModelSpec) -> Enumeration:
             space.devices, space.tp, space.pp, space.max_num_seqs, space.max_num_batched_tokens,
             space.weight_dtypes, space.kv_dtypes, space.policies):
         engine = Engine(devices[name].name, tp, pp, seqs, mbt, wdt, kdt, policy)
-        if not _valid_parallelism(model, tp, pp, result):
+        if not _valid_parallelism(model, tp, pp, engine.device, result):
             continue
         plan = Plan(engine, 1, space.router)
-        if not _within_budget(plan, devices[name], space, result):
-            continue
-        if engine_fits(engine):
+        if engine_fits(engine) and _within_budget(plan, devices[name], space, result):
             result.plans.append(plan)
     if space.disagg:
         result.plans.extend(_disagg_plans(space, model, devices, engine_fits, result))
@@ -211,7 +218,8 @@ def _disagg_plans(space: SearchSpace, model: ModelSpec, devices: dict[str, Devic
             space.devices, space.pp, space.max_num_seqs, space.max_num_batched_tokens,
             space.weight_dtypes, space.kv_dtypes):
         for tp_p, tp_d in itertools.product(space.tp, space.tp):
-            if not (_valid_parallelism(model, tp_p, pp, result) and _valid_parallelism(model, tp_d, pp, result)):
+            if not (_valid_parallelism(model, tp_p, pp, devices[name].name, result)
+                    and _valid_parallelism(model, tp_d, pp, devices[name].name, result)):
                 continue
             prefill = Engine(devices[name].name, tp_p, pp, seqs, mbt, wdt, kdt, "vllm")
             decode = Engine(devices[name].name, tp_d, pp, seqs, mbt, wdt, kdt, "vllm")
@@ -223,11 +231,11 @@ def _disagg_plans(space: SearchSpace, model: ModelSpec, devices: dict[str, Devic
                     yield plan
 
 
-def _valid_parallelism(model: ModelSpec, tp: int, pp: int, result: Enumeration) -> bool:
+def _valid_parallelism(model: ModelSpec, tp: int, pp: int, device: str, result: Enumeration) -> bool:
     try:
         check_parallelism(model, tp, pp)
     except UserError:
-        result.prune("parallelism does not divide the model")
+        result.prune("parallelism does not divide the model", device)
         return False
     return True
 
@@ -239,9 +247,10 @@ def _within_budget(plan: Plan, device: DeviceSpec, space: SearchSpace, result: E
     elif space.max_usd_per_hour is not None and plan.devices * device.price_per_hour > space.max_usd_per_hour:
         reason = "over the dollar budget"
     if reason:
-        result.prune(reason)
-        if result.smallest_infeasible is None or plan.devices < result.smallest_infeasible[0].devices:
-            result.smallest_infeasible = (plan, reason)
+        result.prune(reason, device.name)
+        smallest = result.over_budget.get(device.name)
+        if smallest is None or plan.devices < smallest[0].devices:
+            result.over_budget[device.name] = (plan, reason)
         return False
     return True
 
@@ -255,10 +264,10 @@ def _fits(engine: Engine, device: DeviceSpec, model: ModelSpec, space: SearchSpa
                           max_num_batched_tokens=engine.max_num_batched_tokens,
                           max_num_seqs=engine.max_num_seqs)
     except UserError:
-        result.prune("weights and runtime do not fit in memory")
+        result.prune("weights and runtime do not fit in memory", device.name)
         return False
     # At least one request of the model's full context must fit, as vLLM requires at start-up.
     if cap.tokens < min(model.max_position_embeddings, 4096):
-        result.prune("KV cache below one 4k-token request")
+        result.prune("KV cache below one 4k-token request", device.name)
         return False
     return True

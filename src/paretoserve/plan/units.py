@@ -34,6 +34,9 @@ from paretoserve.workload.synthetic import rescale
 
 #: Seconds charged to an iteration that only computes prompt tokens on a decode-pool engine.
 _NEGLIGIBLE_S = 1e-6
+#: Version of the unit evaluation, part of the resume fingerprint: results of an older version
+#: (2: repeated trace copies get fresh prefix hashes) are not reused.
+_UNIT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +96,8 @@ class UnitContext:
     @property
     def fingerprint(self) -> str:
         """Hash of everything a unit's result depends on besides the unit (for resuming)."""
-        digest = hashlib.sha1(repr((self.model, str(self.slo), self.gpu_memory_utilization, self.rel_tol,
-                                    self.max_evals, self.min_span_s, self.profiles)).encode())
+        digest = hashlib.sha1(repr((_UNIT_VERSION, self.model, str(self.slo), self.gpu_memory_utilization,
+                                    self.rel_tol, self.max_evals, self.min_span_s, self.profiles)).encode())
         for r in self.requests:
             digest.update(f"{r.arrival_s!r},{r.prompt_tokens},{r.output_tokens};".encode())
         return digest.hexdigest()[:16]
@@ -213,14 +216,19 @@ def cover_span(trace: list[Request], min_span_s: float) -> list[Request]:
     """Repeat a rescaled trace back to back until its arrivals span at least `min_span_s` seconds.
 
     At high rates a short sample arrives in a burst that any engine absorbs before its queue shows
-    the overload; a long enough span lets a steady state form.
+    the overload; a long enough span lets a steady state form. Copy c's prefix hashes are shifted
+    by c × (the sample's hash range), so a repeat shares prefixes within itself as the sample does
+    but never hits the cache entries of another copy (a repeat is a new conversation, not a replay).
     """
     span = trace[-1].arrival_s - trace[0].arrival_s
     if span >= min_span_s or len(trace) < 2:
         return trace
     period = span * len(trace) / (len(trace) - 1)  # keep the mean gap across the seam
     copies = math.ceil(min_span_s / period)
-    return [replace(r, request_id=f"{r.request_id}~{c}", arrival_s=r.arrival_s + c * period)
+    hashes = [h for r in trace for h in r.prefix_hashes]
+    width = max(hashes) - min(hashes) + 1 if hashes else 0
+    return [replace(r, request_id=f"{r.request_id}~{c}", arrival_s=r.arrival_s + c * period,
+                    prefix_hashes=tuple(h + c * width for h in r.prefix_hashes))
             for c in range(copies) for r in trace]
 
 

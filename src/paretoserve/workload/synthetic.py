@@ -233,11 +233,23 @@ class _LengthSource:
 # Trace rescaling
 
 
+def delivered_rate(count: int, first_arrival_s: float, last_arrival_s: float) -> float | None:
+    """The rate at which `count` requests arrive, in requests/s: (count − 1) / (last − first arrival).
+
+    This is the one definition of a workload's rate (`mean_rate`, `rescale`, run summaries); None
+    when it is undefined (fewer than two requests, or all arriving at once).
+    """
+    if count < 2 or last_arrival_s <= first_arrival_s:
+        return None
+    return (count - 1) / (last_arrival_s - first_arrival_s)
+
+
 def mean_rate(requests: list[Request]) -> float:
-    """Mean arrival rate of a trace in requests/s: (n - 1) / (last arrival - first arrival)."""
-    if len(requests) < 2 or requests[-1].arrival_s <= requests[0].arrival_s:
+    """Mean arrival rate of a trace in requests/s (`delivered_rate` of its arrival times)."""
+    rate = delivered_rate(len(requests), requests[0].arrival_s, requests[-1].arrival_s) if requests else None
+    if rate is None:
         raise UserError("cannot compute a trace's rate: it needs at least two distinct arrival times")
-    return (len(requests) - 1) / (requests[-1].arrival_s - requests[0].arrival_s)
+    return rate
 
 
 def rescale(requests: list[Request], rate: float | None = None, *,
@@ -276,6 +288,7 @@ class _WorkloadSpec:
     seed: int
     max_context: int | None
     overflow: str
+    rate: float | None = None  # trace arrivals: deliver this rate on the `requests` kept
 
 
 _ARRIVAL_GRAMMAR = "expected trace, poisson, gamma:CV, constant or ramp:START:END (rates in req/s)"
@@ -329,13 +342,16 @@ def _spec(trace: str | None, arrival: str, rate: float | None, rate_scale: float
     if process is None:
         if pool is None:
             raise UserError("arrival 'trace' needs a trace; or choose poisson, gamma:CV, constant or ramp")
-        if rate is not None or rate_scale is not None:
-            pool = rescale(pool, rate, rate_scale=rate_scale)
         if requests is not None and requests > len(pool):
             raise UserError(f"the trace {trace!r} has {len(pool)} requests, fewer than the {requests} "
                             "asked for; use a synthetic arrival (e.g. poisson) to draw more")
+        if rate is not None:
+            _positive(rate, "rate")
+        if rate_scale is not None or (rate is not None and requests is None):
+            pool = rescale(pool, rate, rate_scale=rate_scale)
+            rate = None
         return _WorkloadSpec(pool, None, _LengthSource(None, prompt_spec, output_spec), requests,
-                             duration_s, seed, max_context, overflow)
+                             duration_s, seed, max_context, overflow, rate)
     if rate_scale is not None:
         raise UserError("a rate scale applies to trace arrivals only; give a rate instead")
     if pool is None and (prompt_spec is None or output_spec is None):
@@ -403,16 +419,16 @@ def _bounded(spec: _WorkloadSpec) -> Iterator[Request]:
     length_rng = np.random.default_rng(length_seed)
     source = (_from_trace(spec, length_rng) if spec.arrivals is None
               else _synthetic(spec, np.random.default_rng(arrival_seed), length_rng))
-    count = 0
-    for request in source:
+    fitted = (f for r in source if (f := _fit(r, spec.max_context, spec.overflow)) is not None)
+    if spec.rate is not None:  # take the requests first, then make them arrive at the rate
+        kept = list(islice(fitted, spec.requests))
+        fitted = iter(rescale(kept, spec.rate) if len(kept) > 1 else kept)
+    for count, request in enumerate(fitted):
         if spec.requests is not None and count >= spec.requests:
             return
         if spec.duration_s is not None and request.arrival_s >= spec.duration_s:
             return
-        fitted = _fit(request, spec.max_context, spec.overflow)
-        if fitted is not None:
-            count += 1
-            yield fitted
+        yield request
 
 
 def iter_workload(trace: str | None = None, *, arrival: str = "trace", rate: float | None = None,
@@ -444,8 +460,11 @@ def build_workload(trace: str | None, *, arrival: str = "trace", rate: float | N
         arrival: "trace", "poisson", "gamma:CV", "constant" or "ramp:START:END" (rates in req/s; the
             ramp spans `duration_s`, or, when only `requests` is given, the time in which its mean
             rate yields that many requests).
-        rate: requests/s. For "trace", rescales the trace to this mean rate (None keeps it); for
-            poisson / gamma / constant, the rate (None takes the trace's mean rate).
+        rate: requests/s. For "trace", rescales the arrivals so that the requests returned arrive
+            at this rate by `delivered_rate` ((n − 1) / (last − first arrival)): with `requests`
+            the first `requests` requests are taken first and then rescaled; without it the whole
+            trace is (and `duration_s` then cuts it). None keeps the trace's times. For poisson /
+            gamma / constant, the rate (None takes the trace's mean rate).
         requests: at most this many requests (the first ones).
         duration_s: only requests arriving before this time (seconds).
         prompt: a length spec overriding prompt lengths (see `parse_lengths`).

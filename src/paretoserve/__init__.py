@@ -2,10 +2,21 @@
 
 The library API (DESIGN §2): `estimate` (roofline step times), `simulate` (the serving simulator,
 streaming per-request records) and `simulate_run` (a run folder), `plan` (deployment-plan search).
+They are imported on first use, so that importing a submodule (the command line does, for every
+command) does not load the planner's and the reports' dependencies.
 """
 
-from paretoserve.perf.estimate import estimate
-from paretoserve.plan.api import plan
-from paretoserve.sim.api import simulate, simulate_run
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from paretoserve.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from paretoserve.perf.estimate import estimate
+    from paretoserve.plan.api import plan
+    from paretoserve.sim.api import simulate, simulate_run
 
 __all__ = ["estimate", "plan", "simulate", "simulate_run"]
+__getattr__ = lazy_exports(__name__, {"estimate": "paretoserve.perf.estimate", "plan": "paretoserve.plan.api",
+                                      "simulate": "paretoserve.sim.api", "simulate_run": "paretoserve.sim.api"})

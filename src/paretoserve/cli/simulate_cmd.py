@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from paretoserve.cli.app import app, console
 from paretoserve.errors import UserError
-from paretoserve.report.tables import print_summary
-from paretoserve.sim.api import simulate_run
-from paretoserve.sim.run_config import SimulateConfig
-from paretoserve.sim.schedulers import POLICIES
+
+#: The names of `sim.schedulers.POLICIES`, for the help text (importing the simulator would
+#: slow every command's start-up; tests/test_cli_vocabulary.py checks the two agree).
+POLICY_NAMES = ("vllm", "orca", "sarathi", "priority", "slo", "lengthaware")
 
 
 def _policy_options(items: list[str]) -> dict[str, float]:
@@ -44,8 +43,8 @@ def simulate_cmd(
     prefill_tp: int | None = typer.Option(None, "--prefill-tp", min=1, help="TP of prefill replicas."),
     decode_tp: int | None = typer.Option(None, "--decode-tp", min=1, help="TP of decode replicas."),
     trace: str | None = typer.Option(None, "--trace", "-t",
-                                     help="azure-code, azure-conv, mooncake-conv or a trace file."),
-    rate: float | None = typer.Option(None, "--rate", help="Requests/s (rescales a trace)."),
+                                     help="Bundled trace (azure-conv, azure-code, mooncake-conv) or a trace file."),
+    rate: float | None = typer.Option(None, "--rate", "-r", help="Requests/s (rescales a trace)."),
     rate_scale: float | None = typer.Option(None, "--rate-scale", help="Factor on the trace's rate."),
     arrival: str = typer.Option("trace", "--arrival",
                                 help="trace, poisson, gamma:CV, constant or ramp:START:END."),
@@ -55,7 +54,7 @@ def simulate_cmd(
                                       help="Prompt lengths: N, uniform:A:B or lognormal:MEAN:SIGMA."),
     output: str | None = typer.Option(None, "--output", help="Output lengths (same forms as --prompt)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic workload."),
-    policy: str = typer.Option("vllm", "--policy", help=f"Scheduling policy: {', '.join(POLICIES)}."),
+    policy: str = typer.Option("vllm", "--policy", help=f"Scheduling policy: {', '.join(POLICY_NAMES)}."),
     policy_option: Annotated[list[str] | None,
                              typer.Option("--policy-option", help="KEY=NUMBER, repeatable.")] = None,
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1),
@@ -75,6 +74,12 @@ def simulate_cmd(
     out: str = typer.Option(..., "--out", "-o", help="Run folder to write."),
 ) -> None:
     """Simulate serving a workload; writes a run folder and prints the summary."""
+    from pydantic import ValidationError
+
+    from paretoserve.report.tables import print_summary
+    from paretoserve.sim.api import simulate_run
+    from paretoserve.sim.run_config import SimulateConfig
+
     try:
         config = SimulateConfig(
             model=model, hardware=hardware, tp=tp, pp=pp, replicas=replicas, router=router, disagg=disagg,

@@ -130,10 +130,11 @@ def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None =
     if search.rate is not None:
         rows = _dedupe(rows)
         if not rows:
-            raise UserError(f"no plan serves {search.rate:g} req/s within the budget "
-                            f"({search.space.max_devices} devices"
-                            + (f", ${search.space.max_usd_per_hour:g}/h" if search.space.max_usd_per_hour else "")
-                            + ")" + _best_unbounded(enum, results, plan_units, search))
+            raise UserError(f"no plan serves {search.rate:g} req/s within the device budget of "
+                            f"{search.space.max_devices} (--budget)"
+                            + (f" and the dollar budget of ${search.space.max_usd_per_hour:g}/h (--budget-usd)"
+                               if search.space.max_usd_per_hour else "")
+                            + _best_unbounded(enum, results, plan_units, search))
     mark_front(rows, search.objectives)
     return PlanOutcome(rows, enum, len(unique), results)
 
@@ -146,6 +147,7 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
         per_replica = serve.capacity_rps
         ttft, tpot, e2e = serve.ttft_p90_s, serve.tpot_p90_s, serve.e2e_p90_s
         joules_per_request, out_per_request = serve.joules_per_request, serve.output_tokens_per_request
+        in_per_request = serve.input_tokens_per_request
         attainment = serve.attainment
         if search.rate is not None and per_replica > 0:
             plan = replace(plan, replicas=math.ceil(search.rate / per_replica))
@@ -162,7 +164,7 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
         e2e = None if prefill.ttft_p90_s is None or decode.e2e_p90_s is None \
             else prefill.ttft_p90_s + decode.e2e_p90_s
         joules_per_request = prefill.joules_per_request + decode.joules_per_request
-        out_per_request = decode.output_tokens_per_request
+        out_per_request, in_per_request = decode.output_tokens_per_request, decode.input_tokens_per_request
         attainment = min(prefill.attainment, decode.attainment)
     usd_per_hour = plan.devices * device.price_per_hour
     if search.rate is not None:
@@ -172,6 +174,7 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
             return None
     served = capacity if search.rate is None else min(capacity, search.rate)
     tokens_per_s = served * out_per_request
+    total_tokens_per_s = served * (in_per_request + out_per_request)
     feasible = capacity > 0
     return {
         "plan": plan.to_dict(),
@@ -180,7 +183,8 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
         "max_rate_rps": capacity,
         "goodput_rps": served * attainment if feasible else 0.0,
         "usd_per_hour": usd_per_hour,
-        "usd_per_million_tokens": usd_per_hour / (tokens_per_s * 3600) * 1e6 if tokens_per_s else math.inf,
+        "usd_per_million_tokens": _usd_per_million(usd_per_hour, tokens_per_s),
+        "usd_per_million_total_tokens": _usd_per_million(usd_per_hour, total_tokens_per_s),
         "ttft_p90_s": ttft,
         "tpot_p90_s": tpot,
         "e2e_p90_s": e2e,
@@ -196,6 +200,11 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
         "reason": "",
         "estimated": True,
     }
+
+
+def _usd_per_million(usd_per_hour: float, tokens_per_s: float) -> float:
+    """Dollars per million tokens at `tokens_per_s` (infinite when nothing is served)."""
+    return usd_per_hour / (tokens_per_s * 3600) * 1e6 if tokens_per_s else math.inf
 
 
 def mark_front(rows: list[dict[str, object]], objectives: tuple[str, ...]) -> None:
@@ -220,7 +229,8 @@ def _reasons(best: dict[str, object], feasible: list[dict[str, object]]) -> str:
     """Why the recommended plan: cost, latency at its rate, and the runner-up of the other kind."""
     disagg = best["plan"]["disagg"] is not None  # type: ignore[index]
     lines = [f"Cheapest of {len(feasible)} plans that meet the SLO: "
-             f"${best['usd_per_million_tokens']:.3f} per million output tokens at "
+             f"${best['usd_per_million_tokens']:.3f} per million output tokens "
+             f"(${best['usd_per_million_total_tokens']:.3f} per million prompt + output tokens) at "
              f"{best['max_rate_rps']:.2f} req/s on {best['devices']} device{'s' if best['devices'] != 1 else ''}."]
     lines.append(f"TTFT p90 {_ms(best['ttft_p90_s'])}, TPOT p90 {_ms(best['tpot_p90_s'])}, "
                  f"{best['joules_per_token']:.2f} J per output token (estimated by simulation).")

@@ -8,6 +8,8 @@ command) does not load the planner's and the reports' dependencies.
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING
 
 from paretoserve.lazy import lazy_exports
@@ -18,5 +20,23 @@ if TYPE_CHECKING:
     from paretoserve.sim.api import simulate, simulate_run
 
 __all__ = ["estimate", "plan", "simulate", "simulate_run"]
-__getattr__ = lazy_exports(__name__, {"estimate": "paretoserve.perf.estimate", "plan": "paretoserve.plan.api",
-                                      "simulate": "paretoserve.sim.api", "simulate_run": "paretoserve.sim.api"})
+__getattr__ = lazy_exports(__name__, {"estimate": "paretoserve.perf.estimate", "simulate": "paretoserve.sim.api",
+                                      "simulate_run": "paretoserve.sim.api"})
+
+
+class _Package(types.ModuleType):
+    """`paretoserve.plan` names both the `plan` function and the `plan/` subpackage: the attribute
+    is the function whichever is imported first (importing the subpackage binds it here)."""
+
+    @property
+    def plan(self) -> object:
+        from paretoserve.plan.api import plan
+
+        return plan
+
+    @plan.setter
+    def plan(self, _subpackage: object) -> None:
+        """Ignore the import system binding the subpackage (it stays in `sys.modules`)."""
+
+
+sys.modules[__name__].__class__ = _Package

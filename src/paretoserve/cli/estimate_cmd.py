@@ -74,7 +74,7 @@ def _print(est: Estimate) -> None:
 def _op_table(title: str, step: StepTime) -> Table:
     table = Table(title=f"{title} (per device)", title_justify="left")
     for col in ("operator", "time ms", "share", "GFLOP", "MB moved", "bound"):
-        table.add_column(col, justify="left" if col in ("operator", "bound") else "right")
+        table.add_column(col, justify="left" if col in ("operator", "bound") else "right", no_wrap=True)
     for op in sorted(step.ops, key=lambda o: -o.seconds):
         share = op.seconds / step.seconds if step.seconds else 0.0
         table.add_row(op.name, f"{op.seconds * 1e3:.3f}", f"{share:.1%}", f"{op.flops / 1e9:,.1f}",

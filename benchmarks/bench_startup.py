@@ -3,8 +3,9 @@
 Each figure is the median wall time of `REPEATS` fresh interpreter processes (the cost a user pays
 per command, import time included), after one warm-up run, with bytecode caching on (as for an
 installed package, even where PYTHONDONTWRITEBYTECODE is set). Baseline: `python -c pass` in the
-same run, the interpreter's own start-up. Target (issue 9): `paretoserve --help` under 0.3 s on this machine kind. Also lists
-the heavy modules (optuna, plotly, pyarrow, ...) each command imported, which should be none.
+same run, the interpreter's own start-up. Target (issue 9): `paretoserve --help` under 0.3 s on
+this machine kind. Also lists the heavy modules (optuna, plotly, pyarrow, ...) each command
+imported, which should be none.
 Runs in about 10 s: `python benchmarks/bench_startup.py`.
 """
 

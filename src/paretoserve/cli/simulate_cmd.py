@@ -103,5 +103,5 @@ def simulate_cmd(
 
         summary = simulate_run(config, out, progress=progress)
     print_summary(summary, title=f"{config.model} on {config.hardware} · {config.policy} · "
-                                 f"{config.trace or 'synthetic'}")
+                                 f"{config.trace or 'synthetic'}", console=console)
     console.print(f"[dim]run written to {out}[/]")

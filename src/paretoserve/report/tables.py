@@ -85,4 +85,4 @@ def summary_table(summary: Summary, *, title: str) -> Table:
 
 def print_summary(summary: Summary, *, title: str, console: Console | None = None) -> None:
     """Print `summary_table(summary)` to `console` (a new stdout console when None)."""
-    (console or Console()).print(summary_table(summary, title=title))
+    (console or Console(emoji=False)).print(summary_table(summary, title=title))

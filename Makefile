@@ -50,7 +50,7 @@ demo: $(VENV)/.core
 	$(BIN)/paretoserve simulate --model Meta-Llama-3.1-8B --hardware h100_sxm --trace azure-conv --rate-scale 4 \
 	  --requests 2000 --slo ttft_p90=1s,tpot_p90=60ms --out runs/demo-simulate
 	$(BIN)/paretoserve plan --model Meta-Llama-3.1-8B --trace azure-conv --slo ttft_p90=1s,tpot_p90=60ms \
-	  --gpus h100_sxm,a100_sxm,l40s --budget 8 --requests 400 --max-pool 2 --out runs/demo-plan
+	  --hardware h100_sxm,a100_sxm,l40s --budget 8 --requests 400 --max-pool 2 --out runs/demo-plan
 
 # Debian's Chromium for the browser test of the HTML reports (CI runs as root on a fresh machine).
 chromium:

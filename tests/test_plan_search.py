@@ -315,5 +315,5 @@ def test_fixed_rate_names_the_device_type_over_budget():
     by_device = {e["device"]: e for e in outcome.by_device}
     assert by_device[DEVICE]["devices"] == math.ceil(60.0 / capacity[DEVICE]) <= 2
     reason = by_device["l40s"]["reason"]
-    assert by_device["l40s"]["best"] is None and reason.startswith("over the budget (2 devices) at 60 req/s")
+    assert by_device["l40s"]["best"] is None and reason.startswith("over the device budget of 2 (--budget) at 60 req/s")
     assert f"needs {math.ceil(60.0 / capacity['l40s'])} devices" in reason

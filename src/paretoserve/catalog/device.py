@@ -44,6 +44,14 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "power_max", "price_per_hour",
 )
 
+#: SI unit of each numeric field (of every value of `flops`), e.g. for machine-readable output.
+UNITS: dict[str, str] = {
+    "flops": "FLOP/s", "mem_bandwidth": "B/s", "mem_capacity": "B", "intra_node_bandwidth": "B/s",
+    "intra_node_latency": "s", "inter_node_bandwidth": "B/s", "inter_node_latency": "s",
+    "devices_per_node": "devices", "pcie_bandwidth": "B/s", "power_idle": "W", "power_max": "W",
+    "price_per_hour": "USD/h",
+}
+
 # Which listed rate serves a requested dtype, in order of preference. fp16 and bf16 run at the same
 # rate wherever both exist. A missing fp8/int8/fp4 unit (Ampere has no fp8, Hopper no fp4) means the
 # engine dequantizes weights and runs the GEMM in the activation dtype, bf16; int4 is weight-only

@@ -15,9 +15,9 @@ from typer.core import TyperGroup
 
 from paretoserve.errors import UserError
 
-console = Console()
-err_console = Console(stderr=True)
-
+#: Rich emoji codes are off: `uniform:A:B` must print as typed, not as an emoji for ":A:".
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 class _Group(TyperGroup):
@@ -39,6 +39,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: square brackets ("[default: 8]") and colons print as typed
 )
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     from paretoserve.cli import commands  # noqa: F401  (registers the commands)
 
     try:
-        app()
+        app(prog_name="paretoserve")
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)

@@ -9,14 +9,8 @@ from typing import Annotated
 
 import typer
 
-from paretoserve.bench.client import error_kind
-from paretoserve.bench.importers import import_vllm
-from paretoserve.bench.runner import BenchSpec, run_bench, run_sweep
 from paretoserve.cli.app import app, console, err_console
 from paretoserve.errors import UserError
-from paretoserve.metrics.slo import parse_slo
-from paretoserve.report.tables import print_summary
-from paretoserve.runs import REQUESTS_FILE, read_run
 
 
 def _headers(values: list[str]) -> dict[str, str]:
@@ -53,8 +47,7 @@ def bench_cmd(
                                      "GET <url>/models)."),
     endpoint: str = typer.Option("completions", "--endpoint", help="completions or chat."),
     trace: str | None = typer.Option(None, "--trace", "-t",
-                                     help="Bundled trace (azure-conv, azure-code, mooncake-conv) or a "
-                                     "trace file."),
+                                     help="Bundled trace (azure-conv, azure-code, mooncake-conv) or a trace file."),
     arrival: str | None = typer.Option(None, "--arrival",
                                        help="trace, poisson, gamma:CV or constant "
                                        "(default: trace with --trace, else poisson)."),
@@ -66,8 +59,8 @@ def bench_cmd(
     requests: int | None = typer.Option(None, "--requests", "-n", help="Number of requests."),
     duration: float | None = typer.Option(None, "--duration", help="Stop sending after this many seconds."),
     prompt: str | None = typer.Option(None, "--prompt",
-                                      help="Prompt length spec: N, uniform:LO:HI or lognormal:MEAN:SIGMA."),
-    output: str | None = typer.Option(None, "--output", help="Output length spec, like --prompt."),
+                                      help="Prompt lengths: N, uniform:A:B or lognormal:MEAN:SIGMA."),
+    output: str | None = typer.Option(None, "--output", help="Output lengths (same forms as --prompt)."),
     max_prompt_tokens: int | None = typer.Option(None, "--max-prompt-tokens",
                                                  help="Clip every prompt to at most this many tokens."),
     max_output_tokens: int | None = typer.Option(None, "--max-output-tokens",
@@ -78,7 +71,7 @@ def bench_cmd(
     api_key: str | None = typer.Option(None, "--api-key", envvar="PARETOSERVE_API_KEY",
                                        help="Bearer token (never written to the run folder)."),
     header: Annotated[list[str] | None, typer.Option(
-        "--header", "-H", help="Extra HTTP header 'Name: value' (repeatable).")] = None,
+        "--header", help="Extra HTTP header 'Name: value' (repeatable).")] = None,
     ignore_eos: bool = typer.Option(True, "--ignore-eos/--no-ignore-eos",
                                     help="Ask for exactly the output length (ignore_eos, min_tokens)."),
     extra_body: str | None = typer.Option(None, "--extra-body",
@@ -95,6 +88,10 @@ def bench_cmd(
     """Measure a real OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp) with a workload.
 
     Exits 1 when more than --max-failed-share of the requests failed (default: more than 10%)."""
+    from paretoserve.bench.runner import BenchSpec, run_bench, run_sweep
+    from paretoserve.report.tables import print_summary
+    from paretoserve.runs import REQUESTS_FILE
+
     if endpoint not in ("completions", "chat"):
         raise UserError(f"--endpoint {endpoint!r}: expected completions or chat")
     spec = BenchSpec(url=url, model=model, endpoint=endpoint, trace=trace, arrival=arrival,  # type: ignore[arg-type]
@@ -128,6 +125,9 @@ def bench_cmd(
 
 def _common_error(run_dir: Path) -> str:
     """': most often <kind> (<example>)' for the run's failed requests, '' when none is recorded."""
+    from paretoserve.bench.client import error_kind
+    from paretoserve.runs import read_run
+
     errors = [r.error for r in read_run(run_dir).records if r.error]
     if not errors:
         return ""
@@ -144,6 +144,10 @@ def import_vllm_cmd(
     slo: str | None = typer.Option(None, "--slo", help="SLO for goodput, e.g. ttft_p90=1s,tpot_p90=60ms."),
 ) -> None:
     """Import a vLLM measurement into a paretoserve run folder."""
+    from paretoserve.bench.importers import import_vllm
+    from paretoserve.metrics.slo import parse_slo
+    from paretoserve.report.tables import print_summary
+
     if not source.exists():
         raise UserError(f"{str(source)!r} does not exist")
     summary = import_vllm(source, out, slo=None if slo is None else parse_slo(slo))

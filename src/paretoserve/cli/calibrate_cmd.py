@@ -27,10 +27,13 @@ def calibrate_cmd(
         help="Folder of kernel tables: one device's folder of shared/data/kernels "
              "(gemm/<engine>/<version>/...) or a flat folder of *_perf.parquet files.")] = None,
     from_run: Annotated[Path | None, typer.Option(
-        "--from", help="Run folder (bench) to fit global coefficients.")] = None,
-    device: str | None = typer.Option(
-        None, "--device", "--hardware", "-H",
-        help="Catalog device (or device YAML) the tables were measured on (default: the one they record)."),
+        "--from", help="Measured run to fit global coefficients: a run folder (bench, import-vllm) or a raw "
+                       "vLLM run folder (requests.jsonl + meta.json) or result file, imported on the fly.")] = None,
+    hardware: str | None = typer.Option(
+        None, "--hardware", "-H",
+        help="Catalog device (or device YAML) the tables or the run were measured on (default: the one "
+             "they record)."),
+    device: str | None = typer.Option(None, "--device", hidden=True, help="Old name of --hardware."),
     version: str | None = typer.Option(None, "--version",
                                        help="Engine version folder to use (default: the newest)."),
     engine: str = typer.Option("vllm", "--engine", help="Engine folder name in the kernel-table layout."),
@@ -60,12 +63,13 @@ def calibrate_cmd(
     from paretoserve.calibrate import calibrate_kernels, transfer_profile
     from paretoserve.perf.profile import claim_profile_path, load_profile, save_profile
 
+    hardware = hardware or device
     inputs = (kernels, from_run, transfer_from, profile)
     claim_profile_path(out, inputs=inputs)  # before the fit: never over an input or a user's file
     if from_run is not None:
         if kernels is not None:
             raise UserError("give either --kernels DIR or --from RUN, not both")
-        _calibrate_run(from_run, out, profile, fit_fraction, model=model, hardware=device, tp=tp,
+        _calibrate_run(from_run, out, profile, fit_fraction, model=model, hardware=hardware, tp=tp,
                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                        kv_tokens=kv_tokens)
         return
@@ -73,10 +77,10 @@ def calibrate_cmd(
         raise UserError("give --kernels DIR (measured kernel tables) or --from RUN (a measured run folder)")
     if transfer_from is not None:
         reference = load_profile(transfer_from)
-        profile = transfer_profile(reference, kernels, device, points=points, seed=seed, version=version,
+        profile = transfer_profile(reference, kernels, hardware, points=points, seed=seed, version=version,
                                    framework=engine)
     else:
-        profile = calibrate_kernels(kernels, device, version=version, framework=engine, quality=not quick)
+        profile = calibrate_kernels(kernels, hardware, version=version, framework=engine, quality=not quick)
     path = save_profile(profile, out, inputs=inputs)
     print_fit_quality(profile)
     engine_text = f"{profile.engine} {profile.engine_version}".strip() or "engine unknown"
@@ -116,11 +120,13 @@ def _calibrate_run(run_dir: Path, out: Path, base: Path | None, fit_fraction: fl
                    **overrides: object) -> None:
     """`calibrate --from RUN`: fit the global coefficients to a measured run and write a profile."""
     from paretoserve.calibrate.run_fit import DEFAULT_FIT_FRACTION, fit_run, run_fingerprint, run_setup, split_ids
+    from paretoserve.cli.measured import import_note, read_measured
     from paretoserve.perf.profile import Profile, load_profile, save_profile
-    from paretoserve.runs import read_run
 
     fit_fraction = DEFAULT_FIT_FRACTION if fit_fraction is None else fit_fraction
-    run = read_run(run_dir)
+    run, imported = read_measured(run_dir)
+    if imported:
+        console.print(import_note(run_dir))
     setup = run_setup(run, **overrides)  # type: ignore[arg-type]
     start = load_profile(base, device=setup.device.name) if base is not None else None
     fit_requests = len(split_ids(setup, fit_fraction)[0])

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from paretoserve.cli.app import app, console
-from paretoserve.perf.estimate import Estimate, estimate
-from paretoserve.perf.shape import StepTime
+
+if TYPE_CHECKING:
+    from paretoserve.perf.estimate import Estimate
+    from paretoserve.perf.shape import StepTime
 
 
 @app.command("estimate")
@@ -20,7 +23,7 @@ def estimate_cmd(
     pp: int = typer.Option(1, "--pp", help="Pipeline-parallel stages."),
     batch: int = typer.Option(1, "--batch", "-b", min=1, help="Sequences in the batch."),
     prompt: int = typer.Option(1024, "--prompt", "-p", min=1, help="Prompt tokens per sequence (prefill)."),
-    context: int | None = typer.Option(None, "--context", "-c", min=1,
+    context: int | None = typer.Option(None, "--context", min=1,
                                        help="Decode context per sequence [default: prompt]."),
     weight_dtype: str | None = typer.Option(None, "--weight-dtype", help="bf16, fp8, int8, int4, fp4."),
     kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache dtype: bf16, fp8, int8."),
@@ -29,6 +32,8 @@ def estimate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Estimate one prefill step and one decode step (datasheet roofline) and the KV capacity."""
+    from paretoserve.perf.estimate import estimate
+
     est = estimate(model, hardware, tp=tp, pp=pp, batch=batch, prompt=prompt, context=context,
                    weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                    gpu_memory_utilization=gpu_memory_utilization, profile=profile)
@@ -69,7 +74,7 @@ def _print(est: Estimate) -> None:
 def _op_table(title: str, step: StepTime) -> Table:
     table = Table(title=f"{title} (per device)", title_justify="left")
     for col in ("operator", "time ms", "share", "GFLOP", "MB moved", "bound"):
-        table.add_column(col, justify="left" if col in ("operator", "bound") else "right")
+        table.add_column(col, justify="left" if col in ("operator", "bound") else "right", no_wrap=True)
     for op in sorted(step.ops, key=lambda o: -o.seconds):
         share = op.seconds / step.seconds if step.seconds else 0.0
         table.add_row(op.name, f"{op.seconds * 1e3:.3f}", f"{share:.1%}", f"{op.flops / 1e9:,.1f}",

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from paretoserve.cli.app import app, console
 from paretoserve.errors import UserError
-from paretoserve.metrics.slo import parse_slo
-from paretoserve.plan.api import PlanResult
-from paretoserve.plan.space import SearchSpace
-from paretoserve.planning import plan
+from paretoserve.report.tables import compact_table
+
+if TYPE_CHECKING:
+    from paretoserve.plan.api import PlanResult
 
 
 def _ints(text: str | None, flag: str) -> list[int] | None:
@@ -35,12 +35,17 @@ def _words(text: str | None) -> list[str] | None:
 
 @app.command("plan")
 def plan_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="Bundled model name or config.json path."),
-    trace: str = typer.Option("azure-conv", "--trace", help="Bundled trace name or trace file."),
+    model: str = typer.Option(..., "--model", "-m", help="Bundled model name or path to a config.json."),
+    trace: str = typer.Option("azure-conv", "--trace", "-t",
+                              help="Bundled trace (azure-conv, azure-code, mooncake-conv) or a trace file."),
     slo: str = typer.Option("ttft_p90=2s,tpot_p90=100ms", "--slo", help="e.g. ttft_p90=1s,tpot_p90=60ms"),
-    gpus: str | None = typer.Option(None, "--gpus", help="Device types to consider, e.g. h100_sxm,l40s."),
-    budget: int | None = typer.Option(None, "--budget", help="Most devices a plan may use [default: 8]."),
-    budget_usd: float | None = typer.Option(None, "--budget-usd", help="Most dollars per hour a plan may cost."),
+    hardware: str | None = typer.Option(None, "--hardware", "-H", "--gpus",
+                                        help="Catalog devices to consider, e.g. h100_sxm,l40s "
+                                        "[default: h100_sxm]; --gpus is an alias."),
+    budget: int | None = typer.Option(None, "--budget", help="Device budget: the most devices a plan may "
+                                      "use (max_devices in a --space file) [default: 8]."),
+    budget_usd: float | None = typer.Option(None, "--budget-usd", help="Dollar budget: the most US dollars "
+                                            "per hour a plan may cost (max_usd_per_hour in a --space file)."),
     space_file: Path | None = typer.Option(None, "--space", help="YAML search space (flags override it)."),
     tp: str | None = typer.Option(None, "--tp", help="TP sizes to try [default: 1,2,4,8]."),
     pp: str | None = typer.Option(None, "--pp", help="PP sizes to try [default: 1]."),
@@ -50,17 +55,17 @@ def plan_cmd(
     kv_dtypes: str | None = typer.Option(None, "--kv-dtypes", help="e.g. bf16,fp8"),
     policies: str | None = typer.Option(None, "--policies", help="Scheduler policies, e.g. vllm,sarathi"),
     disagg: bool | None = typer.Option(None, "--disagg/--no-disagg", help="Also try prefill/decode pools."),
-    max_pool: int | None = typer.Option(None, "--max-pool", help="Largest prefill or decode pool [4]."),
-    rate: float | None = typer.Option(None, "--rate", help="Fixed request rate to serve at least cost "
+    max_pool: int | None = typer.Option(None, "--max-pool", help="Largest prefill or decode pool [default: 4]."),
+    rate: float | None = typer.Option(None, "--rate", "-r", help="Fixed request rate to serve at least cost "
                                       "[default: each plan at its highest rate under the SLO]."),
     objective: str = typer.Option("cost,ttft,tpot,energy", "--objective",
                                   help="Objectives of the front: cost, ttft, tpot, energy, devices."),
-    requests: int = typer.Option(1000, "--requests", min=20, help="Requests of the trace to simulate."),
+    requests: int = typer.Option(1000, "--requests", "-n", min=20, help="Requests of the trace to simulate."),
     search: str = typer.Option("auto", "--search", help="grid (every plan), nsga2 (optuna NSGA-II) or auto "
                                "(grid unless the space needs > 800 engine evaluations)."),
     trials: int = typer.Option(300, "--trials", min=1, help="NSGA-II trials."),
     executor: str = typer.Option("local", "--executor", help="local (process pool), serial or ray."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel evaluations [CPU count]."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel evaluations [default: CPU count]."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Address of a running Ray cluster."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Simulate the recommended plan whole."),
     profile: list[str] | None = typer.Option(None, "--profile", help="Calibrated profile for its device "
@@ -68,7 +73,11 @@ def plan_cmd(
     out: Path = typer.Option(Path("runs/plan"), "--out", "-o", help="Output folder."),
 ) -> None:
     """Search deployment plans: the Pareto front of cost, latency and energy, and a recommendation."""
-    overrides = {"devices": _words(gpus), "max_devices": budget, "max_usd_per_hour": budget_usd,
+    from paretoserve.metrics.slo import parse_slo
+    from paretoserve.plan.space import SearchSpace
+    from paretoserve.planning import plan
+
+    overrides = {"devices": _words(hardware), "max_devices": budget, "max_usd_per_hour": budget_usd,
                  "tp": _ints(tp, "--tp"), "pp": _ints(pp, "--pp"),
                  "max_num_seqs": _ints(max_num_seqs, "--max-num-seqs"),
                  "max_num_batched_tokens": _ints(max_num_batched_tokens, "--max-num-batched-tokens"),
@@ -93,20 +102,22 @@ def plan_cmd(
 
 def _print(result: PlanResult) -> None:
     outcome = result.outcome
-    table = Table(title=f"Pareto front ({len(outcome.front)} of {len(outcome.rows)} plans; "
-                  f"{outcome.units} engine evaluations; p90 latencies) — estimated by simulation", title_justify="left")
+    table = compact_table(f"Pareto front ({len(outcome.front)} of {len(outcome.rows)} plans; "
+                          f"{outcome.units} engine evaluations; p90 latencies) — estimated by simulation")
     table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("plan", overflow="fold")
-    for col in ("GPUs", "req/s", "$/Mtok", "TTFT ms", "TPOT ms", "J/tok", ""):
+    table.add_column("plan")  # wraps between the words of a label, never inside one
+    for col in ("GPUs", "req/s", "$/M\nout", "$/M\nall", "TTFT\nms", "TPOT\nms", "J/\ntok", ""):
         table.add_column(col, justify="right", no_wrap=True)
     front = outcome.front[:25]
     for i, row in enumerate(front, 1):
         marks = " ".join(m for m, on in (("★", row["recommended"]), ("knee", row["knee"])) if on)
         table.add_row(str(i), _label(row, front), str(row["devices"]), f"{row['max_rate_rps']:.2f}",
-                      f"{row['usd_per_million_tokens']:.3f}", _ms(row["ttft_p90_s"]), _ms(row["tpot_p90_s"]),
-                      f"{row['joules_per_token']:.2f}", marks)
+                      f"{row['usd_per_million_tokens']:.3f}", f"{row['usd_per_million_total_tokens']:.3f}",
+                      _ms(row["ttft_p90_s"]), _ms(row["tpot_p90_s"]), f"{row['joules_per_token']:.2f}", marks)
     console.print(table)
-    console.print("[dim]★ recommended (cheapest plan meeting the SLO); knee: the front's best compromise[/]")
+    console.print("[dim]$/M out, all: dollars per million output tokens, and per million prompt + output "
+                  "tokens; J/tok: joules per output token; ★ recommended (cheapest per output token meeting "
+                  "the SLO); knee: the front's best compromise[/]")
     _print_devices(outcome.by_device)
     best = outcome.recommended
     if best is None:

@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 
 from paretoserve.cli.app import app, console
-from paretoserve.report.html import runs_report
-from paretoserve.runs import read_run
 
 REPORT_FILE = "report.html"
 
@@ -30,6 +28,9 @@ def report_cmd(
 ) -> None:
     """Write one self-contained HTML page (works offline) comparing the runs: summaries, latency CDFs,
     timelines, and per-request latency of one run against another for two runs of the same requests."""
+    from paretoserve.report.html import runs_report
+    from paretoserve.runs import read_run
+
     loaded = [read_run(path) for path in runs]
     page_title = title or "paretoserve report: " + ", ".join(run.path.name or str(run.path) for run in loaded)
     path = runs_report(loaded, title=page_title, out_path=out or default_out(runs))

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from paretoserve.cli.app import app, console
 from paretoserve.errors import UserError
-from paretoserve.metrics.summary import Summary
-from paretoserve.report.tables import print_summary
-from paretoserve.sim.api import simulate_run
-from paretoserve.sim.run_config import SimulateConfig
-from paretoserve.sim.schedulers import POLICIES
+
+if TYPE_CHECKING:
+    from paretoserve.metrics.summary import Summary
+
+#: The names of `sim.schedulers.POLICIES`, for the help text (importing the simulator would
+#: slow every command's start-up; tests/test_cli_vocabulary.py checks the two agree).
+POLICY_NAMES = ("vllm", "orca", "sarathi", "priority", "slo", "lengthaware")
 
 
 def _policy_options(items: list[str]) -> dict[str, float]:
@@ -45,8 +46,8 @@ def simulate_cmd(
     prefill_tp: int | None = typer.Option(None, "--prefill-tp", min=1, help="TP of prefill replicas."),
     decode_tp: int | None = typer.Option(None, "--decode-tp", min=1, help="TP of decode replicas."),
     trace: str | None = typer.Option(None, "--trace", "-t",
-                                     help="azure-code, azure-conv, mooncake-conv or a trace file."),
-    rate: float | None = typer.Option(None, "--rate", help="Requests/s (rescales a trace)."),
+                                     help="Bundled trace (azure-conv, azure-code, mooncake-conv) or a trace file."),
+    rate: float | None = typer.Option(None, "--rate", "-r", help="Requests/s (rescales a trace)."),
     rate_scale: float | None = typer.Option(None, "--rate-scale", help="Factor on the trace's rate."),
     arrival: str = typer.Option("trace", "--arrival",
                                 help="trace, poisson, gamma:CV, constant or ramp:START:END."),
@@ -56,7 +57,7 @@ def simulate_cmd(
                                       help="Prompt lengths: N, uniform:A:B or lognormal:MEAN:SIGMA."),
     output: str | None = typer.Option(None, "--output", help="Output lengths (same forms as --prompt)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic workload."),
-    policy: str = typer.Option("vllm", "--policy", help=f"Scheduling policy: {', '.join(POLICIES)}."),
+    policy: str = typer.Option("vllm", "--policy", help=f"Scheduling policy: {', '.join(POLICY_NAMES)}."),
     policy_option: Annotated[list[str] | None,
                              typer.Option("--policy-option", help="KEY=NUMBER, repeatable.")] = None,
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1),
@@ -76,6 +77,12 @@ def simulate_cmd(
     out: str = typer.Option(..., "--out", "-o", help="Run folder to write."),
 ) -> None:
     """Simulate serving a workload; writes a run folder and prints the summary."""
+    from pydantic import ValidationError
+
+    from paretoserve.report.tables import print_summary
+    from paretoserve.sim.api import simulate_run
+    from paretoserve.sim.run_config import SimulateConfig
+
     try:
         config = SimulateConfig(
             model=model, hardware=hardware, tp=tp, pp=pp, replicas=replicas, router=router, disagg=disagg,
@@ -99,7 +106,7 @@ def simulate_cmd(
 
         summary = simulate_run(config, out, progress=progress)
     print_summary(summary, title=f"{config.model} on {config.hardware} · {config.policy} · "
-                                 f"{config.trace or 'synthetic'}")
+                                 f"{config.trace or 'synthetic'}", console=console)
     console.print(delivered_line(summary), highlight=False)
     console.print(f"[dim]run written to {out}[/]")
 

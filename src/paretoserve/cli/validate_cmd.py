@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +12,9 @@ from paretoserve.cli.app import app, console
 
 @app.command("validate")
 def validate_cmd(
-    measured: Annotated[Path, typer.Option("--measured", help="Measured run folder (bench or import-vllm).")],
+    measured: Annotated[Path, typer.Option(
+        "--measured", help="Measured run: a run folder (bench, import-vllm) or a raw vLLM run folder "
+                           "(requests.jsonl + meta.json) or result file, imported on the fly.")],
     profile: Annotated[Path | None, typer.Option(
         "--profile", help="Profile of the run's device (default: the datasheet roofline).")] = None,
     out: Annotated[Path | None, typer.Option(
@@ -29,8 +30,11 @@ def validate_cmd(
     kv_tokens: int | None = typer.Option(None, "--kv-tokens", help="KV-cache capacity in tokens."),
 ) -> None:
     """Predict a measured run (same arrivals, lengths, engine settings) and print the errors."""
+    import importlib.metadata
+
     from paretoserve.calibrate.run_fit import compare_table, run_fingerprint, run_setup, simulate_setup, step_model_for
     from paretoserve.cli.calibrate_cmd import comparison_table
+    from paretoserve.cli.measured import import_note, read_measured
     from paretoserve.outputs import claim_folder
     from paretoserve.perf.calibrated import Coefficients
     from paretoserve.perf.profile import load_profile
@@ -39,7 +43,9 @@ def validate_cmd(
     inputs = (measured, profile)
     if out is not None:  # before the replay: never into (or over) the measured run
         claim_folder(out, "validate", inputs=inputs)
-    run = read_run(measured)
+    run, imported = read_measured(measured)
+    if imported:
+        console.print(import_note(measured))
     setup = run_setup(run, model=model, hardware=hardware, tp=tp, max_num_seqs=max_num_seqs,
                       max_num_batched_tokens=max_num_batched_tokens, kv_tokens=kv_tokens)
     prof = load_profile(profile, device=setup.device.name) if profile is not None else None

@@ -66,6 +66,8 @@ class Summary(BaseModel):
         joules_per_output_token: energy_j / output_tokens.
         cost_usd: cost of the devices for the run, US dollars.
         usd_per_million_output_tokens: cost_usd per 1e6 output tokens.
+        usd_per_million_total_tokens: cost_usd per 1e6 tokens processed, prompt plus output (a
+            prompt-heavy workload looks expensive per output token alone).
         estimated: True for simulated runs (numbers are estimates, not measurements).
         partial: True when the run was interrupted and only the records written so far count.
     """
@@ -95,6 +97,7 @@ class Summary(BaseModel):
     joules_per_output_token: float | None = None
     cost_usd: float | None = None
     usd_per_million_output_tokens: float | None = None
+    usd_per_million_total_tokens: float | None = None
     estimated: bool = False
     partial: bool = False
 
@@ -201,8 +204,8 @@ class SummaryBuilder:
 
     def finish(self, **extras: object) -> Summary:
         """The summary so far; `extras` set optional fields (energy_j, cost_usd, kv_peak_fraction,
-        estimated, partial, ...). joules_per_output_token and usd_per_million_output_tokens are
-        derived from energy_j and cost_usd unless given."""
+        estimated, partial, ...). joules_per_output_token and the costs per million output and
+        total tokens are derived from energy_j and cost_usd unless given."""
         duration = max(0.0, self._end_s - self._start_s) if self._requests else 0.0
 
         def per_second(amount: float) -> float:
@@ -225,7 +228,7 @@ class SummaryBuilder:
             fields["slo"] = str(self.slo)
             fields["goodput_rps"] = per_second(self._good)
             fields["slo_attainment"] = self._good / self._requests if self._requests else 0.0
-        fields.update(_per_token(extras, self._output_tokens))
+        fields.update(_per_token(extras, self._input_tokens, self._output_tokens))
         fields.update(extras)
         return Summary.model_validate(fields)
 
@@ -235,8 +238,9 @@ def _floats(samples: array) -> np.ndarray:
     return np.frombuffer(samples, dtype=np.float64) if len(samples) else np.empty(0)
 
 
-def _per_token(extras: dict[str, object], output_tokens: int) -> dict[str, float]:
-    """Energy and cost per output token derived from the run totals in `extras`."""
+def _per_token(extras: dict[str, object], input_tokens: int, output_tokens: int) -> dict[str, float]:
+    """Energy per output token and cost per million output and total (input + output) tokens,
+    derived from the run totals in `extras`."""
     if output_tokens == 0:
         return {}
     derived: dict[str, float] = {}
@@ -245,6 +249,7 @@ def _per_token(extras: dict[str, object], output_tokens: int) -> dict[str, float
         derived["joules_per_output_token"] = energy / output_tokens
     if isinstance(cost, int | float):
         derived["usd_per_million_output_tokens"] = cost / output_tokens * 1e6
+        derived["usd_per_million_total_tokens"] = cost / (input_tokens + output_tokens) * 1e6
     return derived
 
 

@@ -47,9 +47,11 @@ from paretoserve.workload.traces import load_trace
 RESUME_FILE = "evaluations.jsonl"
 #: Most whole-plan simulations of the verification: the recommended plan and 3 more.
 MAX_VERIFIED = 4
-FRONT_COLUMNS = ("label", "devices", "max_rate_rps", "usd_per_hour", "usd_per_million_tokens", "ttft_p90_s",
-                 "tpot_p90_s", "e2e_p90_s", "joules_per_token", "goodput_per_device", "goodput_per_usd_hour",
-                 "knee", "recommended", "command")
+#: usd_per_million_tokens is per million output tokens; usd_per_million_total_tokens per million
+#: prompt plus output tokens.
+FRONT_COLUMNS = ("label", "devices", "max_rate_rps", "usd_per_hour", "usd_per_million_tokens",
+                 "usd_per_million_total_tokens", "ttft_p90_s", "tpot_p90_s", "e2e_p90_s", "joules_per_token",
+                 "goodput_per_device", "goodput_per_usd_hour", "knee", "recommended", "command")
 
 
 @dataclass

@@ -141,7 +141,7 @@ def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None =
     if search.rate is not None:
         rows = _dedupe(rows)
         if not rows:
-            raise UserError(f"no plan serves {search.rate:g} req/s within the budget ({_budget(search.space)})"
+            raise UserError(f"no plan serves {search.rate:g} req/s within {_budget(search.space)}"
                             + _best_unbounded(enum, results, plan_units, search))
     mark_front(rows, search.objectives)
     by_device = device_summary(search, enum, rows, results, plan_units)
@@ -156,6 +156,7 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
         per_replica = serve.capacity_rps
         ttft, tpot, e2e = serve.ttft_p90_s, serve.tpot_p90_s, serve.e2e_p90_s
         joules_per_request, out_per_request = serve.joules_per_request, serve.output_tokens_per_request
+        in_per_request = serve.input_tokens_per_request
         attainment = serve.attainment
         if search.rate is not None and per_replica > 0:
             plan = replace(plan, replicas=math.ceil(search.rate / per_replica))
@@ -172,7 +173,7 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
         e2e = None if prefill.ttft_p90_s is None or decode.e2e_p90_s is None \
             else prefill.ttft_p90_s + decode.e2e_p90_s
         joules_per_request = prefill.joules_per_request + decode.joules_per_request
-        out_per_request = decode.output_tokens_per_request
+        out_per_request, in_per_request = decode.output_tokens_per_request, decode.input_tokens_per_request
         attainment = min(prefill.attainment, decode.attainment)
     usd_per_hour = plan.devices * device.price_per_hour
     if search.rate is not None:
@@ -182,6 +183,7 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
             return None
     served = capacity if search.rate is None else min(capacity, search.rate)
     tokens_per_s = served * out_per_request
+    total_tokens_per_s = served * (in_per_request + out_per_request)
     feasible = capacity > 0
     return {
         "plan": plan.to_dict(),
@@ -190,7 +192,8 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
         "max_rate_rps": capacity,
         "goodput_rps": served * attainment if feasible else 0.0,
         "usd_per_hour": usd_per_hour,
-        "usd_per_million_tokens": usd_per_hour / (tokens_per_s * 3600) * 1e6 if tokens_per_s else math.inf,
+        "usd_per_million_tokens": _usd_per_million(usd_per_hour, tokens_per_s),
+        "usd_per_million_total_tokens": _usd_per_million(usd_per_hour, total_tokens_per_s),
         "ttft_p90_s": ttft,
         "tpot_p90_s": tpot,
         "e2e_p90_s": e2e,
@@ -206,6 +209,11 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
         "reason": "",
         "estimated": True,
     }
+
+
+def _usd_per_million(usd_per_hour: float, tokens_per_s: float) -> float:
+    """Dollars per million tokens at `tokens_per_s` (infinite when nothing is served)."""
+    return usd_per_hour / (tokens_per_s * 3600) * 1e6 if tokens_per_s else math.inf
 
 
 def mark_front(rows: list[dict[str, object]], objectives: tuple[str, ...]) -> None:
@@ -250,7 +258,8 @@ def _reasons(best: dict[str, object], feasible: list[dict[str, object]], first: 
     """Why the recommended plan: cost, latency at its rate, and the runner-up of the other kind."""
     disagg = best["plan"]["disagg"] is not None  # type: ignore[index]
     first = first or f"Cheapest of {len(feasible)} plans that meet the SLO"
-    lines = [f"{first}: ${best['usd_per_million_tokens']:.3f} per million output tokens at "
+    lines = [f"{first}: ${best['usd_per_million_tokens']:.3f} per million output tokens "
+             f"(${best['usd_per_million_total_tokens']:.3f} per million prompt + output tokens) at "
              f"{best['max_rate_rps']:.2f} req/s on {best['devices']} device{'s' if best['devices'] != 1 else ''}."]
     lines.append(f"TTFT p90 {_ms(best['ttft_p90_s'])}, TPOT p90 {_ms(best['tpot_p90_s'])}, "
                  f"{best['joules_per_token']:.2f} J per output token (estimated by simulation).")
@@ -325,8 +334,11 @@ def _unbounded_rows(plans: list[Plan], results: dict[str, UnitResult], plan_unit
 
 
 def _budget(space: SearchSpace) -> str:
-    """The budget in words, e.g. '8 devices, $3.5/h'."""
-    return f"{space.max_devices} devices" + (f", ${space.max_usd_per_hour:g}/h" if space.max_usd_per_hour else "")
+    """The budget in the flags' words, e.g. 'the device budget of 8 (--budget) and the dollar budget of
+    $3.5/h (--budget-usd)'."""
+    return (f"the device budget of {space.max_devices} (--budget)"
+            + (f" and the dollar budget of ${space.max_usd_per_hour:g}/h (--budget-usd)"
+               if space.max_usd_per_hour else ""))
 
 
 def device_summary(search: PlanSearch, enum: Enumeration, rows: list[dict[str, object]],
@@ -361,7 +373,7 @@ def _absent_reason(device: str, search: PlanSearch, enum: Enumeration, results: 
             plan, budget = enum.over_budget[device]
             price = plan.devices * load_device(device).price_per_hour
             text += (f"; the smallest that fits in memory, {plan.label}, is {budget} "
-                     f"({plan.devices} devices, ${price:.2f}/h; budget {_budget(search.space)})")
+                     f"({plan.devices} devices, ${price:.2f}/h; {_budget(search.space)})")
         return text
     evaluated = [p for p in plans if all(u.key in results for u in plan_units[p])]
     if not evaluated:
@@ -370,7 +382,7 @@ def _absent_reason(device: str, search: PlanSearch, enum: Enumeration, results: 
         unbounded = _unbounded_rows(evaluated, results, plan_units, search)
         if unbounded:
             best = min(unbounded, key=lambda r: r["usd_per_hour"])
-            return (f"over the budget ({_budget(search.space)}) at {search.rate:g} req/s: the cheapest plan "
+            return (f"over {_budget(search.space)} at {search.rate:g} req/s: the cheapest plan "
                     f"that would serve it, {best['label']}, needs {best['devices']} devices at "
                     f"${best['usd_per_hour']:.2f}/h")
     return "no plan meets the SLO at any rate"

@@ -92,8 +92,8 @@ class SearchSpace(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     devices: list[str] = Field(min_length=1)
-    max_devices: int = Field(8, ge=1, description="GPU budget: devices a plan may use")
-    max_usd_per_hour: float | None = Field(None, gt=0, description="dollar budget per hour")
+    max_devices: int = Field(8, ge=1, description="device budget (--budget): devices a plan may use")
+    max_usd_per_hour: float | None = Field(None, gt=0, description="dollar budget (--budget-usd): USD per hour")
     tp: list[int] = [1, 2, 4, 8]
     pp: list[int] = [1]
     max_num_seqs: list[int] = [256]

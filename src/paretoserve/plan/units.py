@@ -61,7 +61,8 @@ class Unit:
 class UnitResult:
     """Figures of one unit at its capacity (the highest rate meeting the SLO; zeros when none).
 
-    Seconds for latencies, requests/s for rates, joules per request for energy.
+    Seconds for latencies, requests/s for rates, joules per request for energy; tokens per
+    completed request.
     """
 
     key: str
@@ -71,6 +72,7 @@ class UnitResult:
     tpot_p90_s: float | None
     e2e_p90_s: float | None
     output_tokens_per_request: float
+    input_tokens_per_request: float
     joules_per_request: float
     evaluations: int
     note: str = ""
@@ -163,12 +165,12 @@ def evaluate_unit(unit: Unit, ctx: UnitContext) -> UnitResult:
     cap = max_rate_under_slo(attainment_at, target=ctx.slo.attainment_target, low=upper / 64, high=upper / 8,
                              rel_tol=ctx.rel_tol, max_evals=ctx.max_evals)
     if not best:
-        return UnitResult(unit.key, 0.0, cap.attainment, None, None, None, 0.0, 0.0, cap.evaluations,
+        return UnitResult(unit.key, 0.0, cap.attainment, None, None, None, 0.0, 0.0, 0.0, cap.evaluations,
                           "SLO not met even at a low rate")
     summary = best["summary"]
     completed = max(1, summary.completed)
     return UnitResult(unit.key, cap.rate_rps, cap.attainment, summary.ttft.p90, summary.tpot.p90,
-                      summary.e2e.p90, summary.output_tokens / completed,
+                      summary.e2e.p90, summary.output_tokens / completed, summary.input_tokens / completed,
                       float(best["energy"]) / completed, cap.evaluations)
 
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from paretoserve.metrics.slo import parse_slo
-from paretoserve.metrics.summary import LatencyStats, Summary
+if TYPE_CHECKING:  # the CLI imports this module at start-up: keep it light
+    from paretoserve.metrics.summary import LatencyStats, Summary
 
 _DASH = "–"
 _LATENCY_COLUMNS = ("mean", "p50", "p90", "p95", "p99")
+
+
+def compact_table(title: str) -> Table:
+    """A borderless table (a rule under the header, one space between columns) for lists that
+    must fit an 80-column terminal; give identifier and number columns `no_wrap=True`."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                 collapse_padding=True)
 
 
 def _ms(value_s: float | None) -> str:
@@ -38,12 +48,16 @@ def _extra_rows(summary: Summary) -> list[tuple[str, str]]:
         rows.append(("J / output tok", f"{summary.joules_per_output_token:.3g}"))
     if summary.usd_per_million_output_tokens is not None:
         rows.append(("$ / M output tok", f"{summary.usd_per_million_output_tokens:,.2f}"))
+    if summary.usd_per_million_total_tokens is not None:
+        rows.append(("$ / M total tok", f"{summary.usd_per_million_total_tokens:,.2f}"))
     rows.append(("failed", f"{summary.failed:,} / {summary.requests:,}"))
     return rows
 
 
 def _caption(summary: Summary) -> str | None:
     """Notes under the table: the SLO, and whether the numbers are estimates or partial."""
+    from paretoserve.metrics.slo import parse_slo
+
     notes = []
     if summary.slo is not None:
         target = parse_slo(summary.slo).attainment_target
@@ -71,4 +85,4 @@ def summary_table(summary: Summary, *, title: str) -> Table:
 
 def print_summary(summary: Summary, *, title: str, console: Console | None = None) -> None:
     """Print `summary_table(summary)` to `console` (a new stdout console when None)."""
-    (console or Console()).print(summary_table(summary, title=title))
+    (console or Console(emoji=False)).print(summary_table(summary, title=title))

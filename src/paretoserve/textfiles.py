@@ -38,6 +38,9 @@ MAX_FILE_BYTES = 64 << 20
 
 _BOM = "\ufeff"
 
+#: `yaml.safe_load`'s loader, in its C implementation (libyaml) when PyYAML has it.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def _open(path: Path, label: str) -> BinaryIO:
     """`path` opened for binary reading (through gzip for `.gz`), or a UserError naming `label`."""
@@ -147,12 +150,12 @@ def read_json(path: str | os.PathLike[str], label: str | None = None) -> Any:
 
 
 def read_yaml(path: str | os.PathLike[str], label: str | None = None) -> Any:
-    """The parsed content of a small YAML file (`yaml.safe_load`; see `read_text`); a parse error is
+    """The parsed content of a small YAML file (as `yaml.safe_load`; see `read_text`); a parse error is
     a UserError naming the file and, where YAML knows it, the line."""
     name = str(path) if label is None else label
     text = read_text(path, name)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or _first_line_of(exc)

@@ -401,7 +401,10 @@ def _detect(source: _Source) -> str:
         raise source.error(
             f"unknown JSONL trace; keys found: {_shown(sorted(keys))}; expected Mooncake "
             "(input_length), vLLM (input_toks) or paretoserve (prompt_tokens) records", 1)
-    columns = {_norm(name) for name in next(csv.reader([first]))}
+    try:
+        columns = {_norm(name) for name in next(csv.reader([first]))}
+    except csv.Error as exc:
+        raise source.error(f"not valid CSV ({exc})", 1) from None
     for fmt in ("peer", "burstgpt", "azure"):
         if columns & set(_CSV_COLUMNS[fmt]["prompt"]) and columns & set(_CSV_COLUMNS[fmt]["output"]):
             return fmt

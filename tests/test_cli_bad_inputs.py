@@ -142,8 +142,9 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     # plan
     "plan-space-list": (lambda t: ["plan", "--model", "Meta-Llama-3.1-8B", "--space", _space(t, "- 1\n- 2\n"),
                                    "--out", str(t / "out")], "expected a mapping"),
-    "plan-space-field": (lambda t: ["plan", "--model", "Meta-Llama-3.1-8B", "--space", _space(t, "devices: [h100_sxm]\ntp: [0]\n"),
-                                    "--out", str(t / "out")], "field 'tp"),
+    "plan-space-field": (lambda t: ["plan", "--model", "Meta-Llama-3.1-8B", "--space",
+                                    _space(t, "devices: [h100_sxm]\ntp: [0]\n"), "--out", str(t / "out")],
+                         "field 'tp"),
     "plan-space-binary": (lambda t: ["plan", "--model", "Meta-Llama-3.1-8B", "--space",
                                      _space(t, b"\xff\xfe\x00t"), "--out", str(t / "out")], "binary data"),
     "plan-slo-itl": (lambda t: ["plan", "--model", "Meta-Llama-3.1-8B", "--slo", "itl_p99=1ms",

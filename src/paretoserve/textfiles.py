@@ -116,6 +116,8 @@ def read_text(path: str | os.PathLike[str], label: str | None = None, *,
     source = Path(path)
     name = str(source) if label is None else label
     with _open(source, name) as handle:
+        if source.suffix != ".gz" and os.fstat(handle.fileno()).st_size > max_bytes:
+            raise UserError(f"larger than {max_bytes:,} bytes; expected a small text file", file=name)
         try:
             raw = handle.read(max_bytes + 1)
         except (OSError, EOFError, zlib.error) as exc:

@@ -36,3 +36,10 @@ def _one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def shown(value: object, width: int = 60) -> str:
+    """`value`'s repr for a message, cut to `width` characters (a value quoted from a file may be
+    a megabyte long)."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."

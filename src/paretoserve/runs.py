@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import yaml
 
 from paretoserve.atomic import replace_folder
-from paretoserve.errors import UserError
+from paretoserve.errors import UserError, shown
 from paretoserve.jsonlines import iter_json_lines
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import Slo
@@ -192,12 +192,6 @@ class Run:
     summary: dict[str, Any] | None
 
 
-def _shown(value: object) -> str:
-    """`value`'s repr, cut so that a message stays one readable line."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _record(data: object, path: Path, line: int) -> RequestRecord:
     """The record of one parsed line of requests.jsonl (see `_FIELDS`), else a UserError."""
     if not isinstance(data, dict):
@@ -208,7 +202,7 @@ def _record(data: object, path: Path, line: int) -> RequestRecord:
                 raise UserError("missing", file=str(path), line=line, field=key)
             data.pop(key, None)
         elif not check(data[key]):
-            raise UserError(f"expected {expected}, got {_shown(data[key])}", file=str(path), line=line,
+            raise UserError(f"expected {expected}, got {shown(data[key])}", file=str(path), line=line,
                             field=key)
     return RequestRecord.from_dict(data)
 

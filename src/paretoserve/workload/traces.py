@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from paretoserve.atomic import write_text_atomic
-from paretoserve.errors import UserError
+from paretoserve.errors import UserError, shown
 from paretoserve.jsonlines import iter_json_lines
 from paretoserve.textfiles import parse_json, text_lines
 from paretoserve.workload.request import MAX_TOKENS, Request
@@ -97,21 +97,11 @@ class _Skipped:
 # Field parsing
 
 
-def _cut(text: str, width: int = 60) -> str:
-    """`text` cut to `width` characters, so that a message stays one readable line."""
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def _shown(value: object) -> str:
-    """`value`'s repr, cut (see `_cut`)."""
-    return _cut(repr(value))
-
-
 def _count(value: object, source: _Source, line: int, field: str) -> int:
     """A token count: an integer in [0, MAX_TOKENS] given as int, integral float or numeric text."""
     number = value if type(value) is int else _as_int(value)
     if number is None or not 0 <= number <= MAX_TOKENS:
-        raise source.error(f"expected an integer from 0 to {MAX_TOKENS:,}, got {_shown(value)}", line, field)
+        raise source.error(f"expected an integer from 0 to {MAX_TOKENS:,}, got {shown(value)}", line, field)
     return number
 
 
@@ -141,7 +131,7 @@ def _seconds(value: object, source: _Source, line: int, field: str,
     except (TypeError, ValueError):
         number = float("nan")
     if isinstance(value, bool) or number != number or number in (float("inf"), float("-inf")):
-        raise source.error(f"expected {expected}, got {_shown(value)}", line, field)
+        raise source.error(f"expected {expected}, got {shown(value)}", line, field)
     return number
 
 
@@ -169,7 +159,7 @@ class _Clock:
             return (moment - self.origin).total_seconds()
         except TypeError:
             raise self.source.error(
-                f"time zone given on some rows and not on others, got {_shown(text)}", line, self.field) from None
+                f"time zone given on some rows and not on others, got {shown(text)}", line, self.field) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +206,7 @@ def _column_indexes(header: list[str], fmt: str, source: _Source) -> dict[str, t
         expected = ", ".join(names[0] for names in _CSV_COLUMNS[fmt].values())
         raise source.error(
             f"missing column(s) {', '.join(missing)} for a {fmt} trace; found columns "
-            f"{_cut(', '.join(h.strip() for h in header)) or '(none)'}; expected {expected} "
+            f"{', '.join(h.strip() for h in header)[:120] or '(none)'}; expected {expected} "
             "(case and punctuation ignored)", 1)
     return found
 
@@ -291,7 +281,7 @@ def _hashes(value: object, source: _Source, line: int, field: str) -> tuple[int,
     """A list of integer block hashes."""
     if not isinstance(value, list) or not all(
             isinstance(item, int) and not isinstance(item, bool) for item in value):
-        raise source.error(f"expected a list of integers, got {_shown(value)}", line, field)
+        raise source.error(f"expected a list of integers, got {shown(value)}", line, field)
     return tuple(value)
 
 
@@ -353,7 +343,7 @@ def _read_jsonl(source: _Source) -> list[_Row]:
             raise source.error("expected a positive integer, got 0", line, "prefix_block_tokens")
         priority = data.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool):
-            raise source.error(f"expected an integer, got {_shown(priority)}", line, "priority")
+            raise source.error(f"expected an integer, got {shown(priority)}", line, "priority")
         rows.append((arrival, str(data.get("request_id", index)), prompt, output, {
             "prefix_hashes": _hashes(data.get("prefix_hashes", []), source, line, "prefix_hashes"),
             "prefix_block_tokens": block, "session_id": _optional_text(data, "session_id"),
@@ -399,7 +389,7 @@ def _detect(source: _Source) -> str:
             if key in keys:
                 return fmt
         raise source.error(
-            f"unknown JSONL trace; keys found: {_shown(sorted(keys))}; expected Mooncake "
+            f"unknown JSONL trace; keys found: {shown(sorted(keys))}; expected Mooncake "
             "(input_length), vLLM (input_toks) or paretoserve (prompt_tokens) records", 1)
     try:
         columns = {_norm(name) for name in next(csv.reader([first]))}
@@ -409,7 +399,7 @@ def _detect(source: _Source) -> str:
         if columns & set(_CSV_COLUMNS[fmt]["prompt"]) and columns & set(_CSV_COLUMNS[fmt]["output"]):
             return fmt
     raise source.error(
-        f"unknown CSV trace header {_cut(first, 120)!r}; expected Azure (TIMESTAMP,ContextTokens,"
+        f"unknown CSV trace header {shown(first, 120)}; expected Azure (TIMESTAMP,ContextTokens,"
         "GeneratedTokens), BurstGPT (Timestamp,...,Request tokens,Response tokens,...) or peer "
         "(arrived_at,num_prefill_tokens,num_decode_tokens) columns", 1)
 

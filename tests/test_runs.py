@@ -139,7 +139,7 @@ def test_wrong_type(tmp_path: Path) -> None:
     line = '{"request_id": "x", "arrival_s": "soon", "prompt_tokens": 3, "output_tokens": 1}'
     message = _bad_run(tmp_path, [line])
     assert message == (f"{tmp_path / 'bad' / 'requests.jsonl'}:2 field 'arrival_s': "
-                       "expected a number of seconds, got 'soon'")
+                       "expected a finite number of seconds, got 'soon'")
 
 
 def test_not_a_run_folder(tmp_path: Path) -> None:

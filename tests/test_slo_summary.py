@@ -24,16 +24,16 @@ def test_parse_units_and_percentiles() -> None:
     slo = parse_slo("ttft_p90=2s,tpot_p90=80ms,e2e_p99=30s")
     assert slo.targets == (
         SloTarget("ttft", 90, 2.0), SloTarget("tpot", 90, 0.08), SloTarget("e2e", 99, 30.0))
-    assert (slo.ttft_s, slo.tpot_s, slo.e2e_s, slo.itl_s) == (2.0, 0.08, 30.0, None)
+    assert (slo.ttft_s, slo.tpot_s, slo.e2e_s) == (2.0, 0.08, 30.0)
     assert slo.attainment_target == 0.9  # percentiles differ: the default
-    assert parse_slo("itl_p99=500us").itl_s == pytest.approx(500e-6)
+    assert parse_slo("tpot_p99=500us").tpot_s == pytest.approx(500e-6)
     assert parse_slo(" ttft_p50 = 1.5 ").ttft_s == 1.5  # bare number: seconds
     assert parse_slo("ttft_p99=1s,tpot_p99=50ms").attainment_target == 0.99  # the shared percentile
     assert parse_slo("ttft_p90=1s,attainment=0.75").attainment_target == 0.75
 
 
 @pytest.mark.parametrize("text", [
-    "ttft_p90=2s,tpot_p90=80ms,e2e_p99=30s", "ttft_p99=0.07", "itl_p95=1e-7s", "tpot_p50=33.3ms",
+    "ttft_p90=2s,tpot_p90=80ms,e2e_p99=30s", "ttft_p99=0.07", "tpot_p95=1e-7s", "e2e_p50=33.3ms",
     "ttft_p90=1s,attainment=0.5", "e2e_p90=123.456789s"])
 def test_str_round_trips(text: str) -> None:
     slo = parse_slo(text)
@@ -56,19 +56,36 @@ def test_bad_slo_strings(text: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["itl_p99=50ms", "ttft_p90=1s,itl_p90=20ms", "ITL_p50=1s"])
+def test_itl_objective_is_refused(text: str) -> None:
+    # Every metric the parser accepts is applied per request; ITL could not be (simulated runs
+    # record no per-request gaps), so it is refused with the accepted metrics listed.
+    with pytest.raises(UserError, match=r"ITL is not an objective.*METRIC in ttft, tpot, e2e and"):
+        parse_slo(text)
+
+
+def test_every_accepted_metric_is_judged_per_request() -> None:
+    # One request: TTFT 1 s, E2E 3 s, 11 tokens -> TPOT 0.2 s. Each objective alone, just below and
+    # just above the request's value, flips the verdict.
+    record = _record("a", 0.0, 1.0, 3.0)
+    for metric, value in (("ttft", 1.0), ("tpot", 0.2), ("e2e", 3.0)):
+        assert parse_slo(f"{metric}_p90={value * 1.01}").request_ok(record)
+        assert not parse_slo(f"{metric}_p90={value * 0.99}").request_ok(record)
+
+
 def test_bad_slo_explains_grammar() -> None:
     with pytest.raises(UserError, match=r"METRIC_pNN=VALUE\[s\|ms\|us\]"):
         parse_slo("ttft=2s")
 
 
 def test_request_ok() -> None:
-    slo = parse_slo("ttft_p90=1s,tpot_p90=100ms,e2e_p90=5s,itl_p90=1ms")
+    slo = parse_slo("ttft_p90=1s,tpot_p90=100ms,e2e_p90=5s")
     assert slo.request_ok(_record("a", 0, 1.0, 2.0))  # TPOT = 1 s / 10 = 100 ms: on the threshold
     assert not slo.request_ok(_record("b", 0, 1.01, 2.0))  # TTFT too long
     assert not slo.request_ok(_record("c", 0, 0.5, 2.0))  # TPOT 150 ms
     assert not slo.request_ok(_record("d", 0, 0.5, 5.5, out=100))  # E2E 5.5 s
     assert slo.request_ok(_record("e", 0, 0.5, 0.5, out=1))  # one token: no TPOT
-    assert slo.request_ok(_record("f", 0, 0.5, 1.0, itl_s=[0.5] * 10))  # ITL not judged per request
+    assert slo.request_ok(_record("f", 0, 0.5, 1.0, itl_s=[0.5] * 10))  # TPOT 50 ms; gaps are no objective
     assert not slo.request_ok(RequestRecord("g", 0, 100, 0, error="timeout"))
     assert not slo.request_ok(_record("h", 0, 0.1, 0.2, error="stream cut"))
 

@@ -144,7 +144,7 @@ def test_bad_value_names_file_line_and_field(tmp_path: Path) -> None:
     path = tmp_path / "trace.csv"
     text = ("TIMESTAMP,ContextTokens,GeneratedTokens\n"
             "2023-11-16 18:15:46.68,374,44\n2023-11-16 18:15:47,abc,4\n")
-    assert _message(path, text) == (f"{path}:3 field 'ContextTokens': expected a non-negative integer, "
+    assert _message(path, text) == (f"{path}:3 field 'ContextTokens': expected an integer from 0 to 100,000,000, "
                                     "got 'abc'")
 
 
@@ -182,7 +182,7 @@ def test_jsonl_errors(tmp_path: Path) -> None:
     bad_hashes = '{"timestamp": 3, "input_length": 5, "output_length": 1, "hash_ids": "x"}\n'
     assert _message(path, good + bad_hashes).startswith(f"{path}:2 field 'hash_ids': expected a list")
     assert _message(path, good + '{"timestamp": 3, "input_length": 5.5, "output_length": 1}\n').startswith(
-        f"{path}:2 field 'input_length': expected a non-negative integer")
+        f"{path}:2 field 'input_length': expected an integer from 0 to 100,000,000")
 
 
 def test_unknown_name_and_empty_file(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ command only), is the rule of `paretoserve.outputs`. `read_run` reads a run fold
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,23 +21,50 @@ from typing import Any, TextIO
 
 import yaml
 
-from paretoserve.errors import UserError
+from paretoserve.errors import UserError, shown
 from paretoserve.jsonlines import iter_json_lines
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import Slo
 from paretoserve.metrics.summary import Summary, summarize
 from paretoserve.outputs import Inputs, claim_folder, install_folder, temporary_folder
+from paretoserve.textfiles import read_json, read_yaml
 
 CONFIG_FILE = "config.yaml"
 REQUESTS_FILE = "requests.jsonl"
 SUMMARY_FILE = "summary.json"
 
-#: Fields every line of requests.jsonl must have: the JSON types accepted, and their description.
-_REQUIRED: dict[str, tuple[tuple[type, ...], str]] = {
-    "request_id": ((str,), "a string"), "arrival_s": ((int, float), "a number of seconds"),
-    "prompt_tokens": ((int,), "an integer"), "output_tokens": ((int,), "an integer"),
+def _is_count(value: object) -> bool:
+    """An integer >= 0 (not a bool)."""
+    return type(value) is int and value >= 0
+
+
+def _is_seconds(value: object) -> bool:
+    """A finite number (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_gaps(value: object) -> bool:
+    """A list of finite numbers >= 0 (token gaps in seconds)."""
+    return isinstance(value, list) and all(_is_seconds(gap) and gap >= 0 for gap in value)
+
+
+#: Fields of a requests.jsonl line: (check, what is expected, required). An optional field given
+#: as null takes its default.
+_FIELDS: dict[str, tuple[Callable[[object], bool], str, bool]] = {
+    "request_id": (lambda value: isinstance(value, str), "a string", True),
+    "arrival_s": (_is_seconds, "a finite number of seconds", True),
+    "prompt_tokens": (_is_count, "an integer >= 0", True),
+    "output_tokens": (_is_count, "an integer >= 0", True),
+    "scheduled_s": (_is_seconds, "a finite number of seconds or null", False),
+    "first_token_s": (_is_seconds, "a finite number of seconds or null", False),
+    "last_token_s": (_is_seconds, "a finite number of seconds or null", False),
+    "preemptions": (_is_count, "an integer >= 0", False),
+    "replica": (_is_count, "an integer >= 0 or null", False),
+    "error": (lambda value: isinstance(value, str), "a string or null", False),
+    "itl_s": (_is_gaps, "a list of seconds >= 0 or null", False),
+    "cached_prompt_tokens": (_is_count, "an integer >= 0", False),
+    "extra": (lambda value: isinstance(value, dict), "a JSON object", False),
 }
-_OPTIONAL_NUMBERS = ("scheduled_s", "first_token_s", "last_token_s")
 
 
 class RunWriter:
@@ -177,57 +205,44 @@ class Run:
     summary: dict[str, Any] | None
 
 
-def _check_line(data: object, path: Path, line: int) -> dict[str, Any]:
-    """The parsed line when it has the record fields with the right types, else a UserError."""
+def _record(data: object, path: Path, line: int) -> RequestRecord:
+    """The record of one parsed line of requests.jsonl (see `_FIELDS`), else a UserError."""
     if not isinstance(data, dict):
         raise UserError(f"expected a JSON object, got {type(data).__name__}", file=str(path), line=line)
-    for key, (types, expected) in _REQUIRED.items():
-        if key not in data:
-            raise UserError("missing", file=str(path), line=line, field=key)
-        value = data[key]
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise UserError(f"expected {expected}, got {value!r}", file=str(path), line=line, field=key)
-    for key in _OPTIONAL_NUMBERS:
-        value = data.get(key)
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise UserError(f"expected a number or null, got {value!r}", file=str(path), line=line, field=key)
-    return data
+    for key, (check, expected, required) in _FIELDS.items():
+        if key not in data or data[key] is None:
+            if required:
+                raise UserError("missing", file=str(path), line=line, field=key)
+            data.pop(key, None)
+        elif not check(data[key]):
+            raise UserError(f"expected {expected}, got {shown(data[key])}", file=str(path), line=line,
+                            field=key)
+    return RequestRecord.from_dict(data)
 
 
 def _read_records(path: Path) -> list[RequestRecord]:
     """Parse requests.jsonl; a malformed line is a UserError naming file and line."""
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line, data in iter_json_lines(handle, str(path)):
-            try:
-                records.append(RequestRecord.from_dict(_check_line(data, path, line)))
-            except TypeError as exc:
-                raise UserError(f"not a request record: {exc}", file=str(path), line=line) from None
-    return records
+    return [_record(data, path, line) for line, data in iter_json_lines(path)]
+
+
+def _read_mapping(path: Path, parse: Callable[[Path], object], kind: str) -> dict[str, Any]:
+    """A file holding one mapping (config.yaml, summary.json), {} when it holds nothing."""
+    data = parse(path) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"expected a {kind} mapping, got {type(data).__name__}", file=str(path))
+    return data
 
 
 def read_run(path: str | Path) -> Run:
     """Read a run folder written by `RunWriter` (or imported into the same schema)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise UserError(f"run folder {str(folder)!r} does not exist")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"run folder {str(folder)!r} {what}")
     requests_path = folder / REQUESTS_FILE
     if not requests_path.is_file():
         raise UserError(f"not a run folder: {REQUESTS_FILE} is missing", file=str(folder))
-    config: dict[str, Any] = {}
-    config_path = folder / CONFIG_FILE
-    if config_path.is_file():
-        try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"not valid YAML ({str(exc).splitlines()[0]})", file=str(config_path)) from None
-        if not isinstance(config, dict):
-            raise UserError(f"expected a mapping, got {type(config).__name__}", file=str(config_path))
-    summary = None
-    summary_path = folder / SUMMARY_FILE
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"not valid JSON ({exc.msg})", file=str(summary_path), line=exc.lineno) from None
+    config_path, summary_path = folder / CONFIG_FILE, folder / SUMMARY_FILE
+    config = _read_mapping(config_path, read_yaml, "YAML") if config_path.exists() else {}
+    summary = _read_mapping(summary_path, read_json, "JSON") if summary_path.exists() else None
     return Run(folder, config, _read_records(requests_path), summary)

@@ -22,7 +22,7 @@ Two sources:
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from paretoserve.metrics.slo import Slo
 from paretoserve.metrics.summary import Summary, SummaryBuilder
 from paretoserve.outputs import claim_folder
 from paretoserve.runs import RunWriter
+from paretoserve.textfiles import read_json
 
 _BENCH_LISTS = ("ttfts", "itls", "input_lens", "output_lens")
 _JSONL_TIMES = ("queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts")
@@ -40,20 +41,10 @@ _CLOCK_NOTE = ("arrival_time mapped onto the engine clock with offset min(queued
                "first arrival = 0 s")
 
 
-def _load_json(path: Path) -> Any:
-    """Parse a JSON file; a UserError naming the file when it is not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror}", file=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON ({exc.msg})", file=str(path), line=exc.lineno) from None
-
-
 def import_vllm_bench(path: str | Path) -> tuple[list[RequestRecord], dict[str, Any]]:
     """Records from a vLLM `bench serve` result JSON, and the run facts it states (module docstring)."""
     source = Path(path)
-    data = _load_json(source)
+    data = read_json(source)
     if not isinstance(data, dict):
         raise UserError("expected a JSON object (a vLLM bench serve result)", file=str(source))
     missing = [key for key in _BENCH_LISTS if not isinstance(data.get(key), list)]
@@ -63,6 +54,8 @@ def import_vllm_bench(path: str | Path) -> tuple[list[RequestRecord], dict[str, 
     n = len(data["ttfts"])
     errors = data.get("errors") or [""] * n
     starts = data.get("start_times")
+    if not isinstance(errors, list):
+        raise UserError("expected a list (one error message per request)", file=str(source), field="errors")
     lists = {key: data[key] for key in _BENCH_LISTS} | {"errors": errors}
     if isinstance(starts, list):
         lists["start_times"] = starts
@@ -70,6 +63,19 @@ def import_vllm_bench(path: str | Path) -> tuple[list[RequestRecord], dict[str, 
         if len(values) != n:
             raise UserError(f"has {len(values)} entries, expected {n} (one per request)",
                             file=str(source), field=key)
+    try:
+        records = _bench_records(data, n, errors, starts)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise UserError(f"a per-request entry is not a number or list of numbers ({exc})",
+                        file=str(source)) from None
+    facts = {key: data[key] for key in ("date", "backend", "model_id", "request_rate", "burstiness",
+                                        "max_concurrency", "duration", "num_prompts") if key in data}
+    facts["arrival_times"] = "start_times" if isinstance(starts, list) else "unknown (all set to 0)"
+    return records, facts
+
+
+def _bench_records(data: dict[str, Any], n: int, errors: list[Any], starts: Any) -> list[RequestRecord]:
+    """The records of a vLLM bench serve result (TypeError / ValueError on a malformed entry)."""
     base = min(starts) if isinstance(starts, list) and starts else 0.0
     records = []
     for i in range(n):
@@ -84,10 +90,7 @@ def import_vllm_bench(path: str | Path) -> tuple[list[RequestRecord], dict[str, 
         first = arrival + float(data["ttfts"][i])
         records.append(RequestRecord(str(i), arrival, prompt_tokens, int(data["output_lens"][i]),
                                      first_token_s=first, last_token_s=first + sum(itl), itl_s=itl))
-    facts = {key: data[key] for key in ("date", "backend", "model_id", "request_rate", "burstiness",
-                                        "max_concurrency", "duration", "num_prompts") if key in data}
-    facts["arrival_times"] = "start_times" if isinstance(starts, list) else "unknown (all set to 0)"
-    return records, facts
+    return records
 
 
 def import_vllm_requests(path: str | Path) -> list[RequestRecord]:
@@ -97,17 +100,23 @@ def import_vllm_requests(path: str | Path) -> list[RequestRecord]:
     """
     source = Path(path)
     rows: list[dict[str, Any]] = []
-    try:
-        with open(source, encoding="utf-8") as handle:
-            for line, row in iter_json_lines(handle, str(source)):
-                if not isinstance(row, dict):
-                    raise UserError("expected a JSON object", file=str(source), line=line)
-                for key in ("request_id", "input_toks", "output_toks", "arrival_time", "queued_ts"):
-                    if row.get(key) is None:
-                        raise UserError("missing", file=str(source), line=line, field=key)
-                rows.append(row)
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror}", file=str(source)) from None
+    for line, row in iter_json_lines(source):
+        if not isinstance(row, dict):
+            raise UserError("expected a JSON object", file=str(source), line=line)
+        for key in ("request_id", "input_toks", "output_toks", "arrival_time", "queued_ts"):
+            if row.get(key) is None:
+                raise UserError("missing", file=str(source), line=line, field=key)
+        for key in ("input_toks", "output_toks"):
+            if type(row[key]) is not int or row[key] < 0:
+                raise UserError(f"expected an integer >= 0, got {row[key]!r:.60}", file=str(source),
+                                line=line, field=key)
+        for key in ("arrival_time", *_JSONL_TIMES):
+            value = row.get(key)
+            if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool)
+                                          and math.isfinite(value)):
+                raise UserError(f"expected a finite number of seconds, got {value!r:.60}", file=str(source),
+                                line=line, field=key)
+        rows.append(row)
     if not rows:
         raise UserError("no requests", file=str(source))
     # Each request's client-to-engine delay is its own gap minus the smallest gap (>= 0 exactly, in
@@ -152,7 +161,7 @@ def vllm_run_settings(folder: str | Path) -> dict[str, Any]:
     `kv_cache`, then vLLM's `resolved_config`.
     """
     path = Path(folder) / "meta.json"
-    meta = _load_json(path)
+    meta = read_json(path)
     if not isinstance(meta, dict):
         raise UserError("expected a JSON object", file=str(path))
     engine = meta.get("engine_kwargs") or {}

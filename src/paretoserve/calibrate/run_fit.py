@@ -110,8 +110,8 @@ def _engine_settings(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(config.get("engine"), dict):  # import-vllm
         e = config["engine"]
         kv = None
-        if e.get("num_gpu_blocks") and e.get("block_size"):
-            kv = int(e["num_gpu_blocks"]) * int(e["block_size"])
+        if type(e.get("num_gpu_blocks")) is int and type(e.get("block_size")) is int:
+            kv = e["num_gpu_blocks"] * e["block_size"]
         return {"model": e.get("model"), "hardware": e.get("device_name"), "tp": e.get("tp"),
                 "max_num_seqs": e.get("max_num_seqs"),
                 "max_num_batched_tokens": e.get("max_num_batched_tokens"),
@@ -186,12 +186,19 @@ def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None
     except UserError:
         raise UserError(f"the run's device '{hw}' is not in the catalog; pass --hardware",
                         file=where) from None
-    tp_, pp_ = int(pick("tp", tp, 1)), int(pick("pp", pp, 1))
-    seqs = int(pick("max_num_seqs", max_num_seqs, 256))
-    batched = int(pick("max_num_batched_tokens", max_num_batched_tokens, 8192))
-    block = int(pick("block_size", block_size, 16))
+    def count(name: str, given: int | None, default: int | None = None) -> int | None:
+        value = pick(name, given, default)
+        if value is not None and (type(value) is not int or value < 1):
+            raise UserError(f"expected a positive integer, got {value!r:.40}", file=str(run.path / "config.yaml"),
+                            field=name)
+        return value
+
+    tp_, pp_ = count("tp", tp, 1), count("pp", pp, 1)
+    seqs = count("max_num_seqs", max_num_seqs, 256)
+    batched = count("max_num_batched_tokens", max_num_batched_tokens, 8192)
+    block = count("block_size", block_size, 16)
     prefix = bool(pick("prefix_caching", prefix_caching, True))
-    kv = pick("kv_tokens", kv_tokens)
+    kv = count("kv_tokens", kv_tokens)
     if kv is None:
         kv = kv_capacity(spec, device, tp=tp_, pp=pp_, gpu_memory_utilization=gpu_memory_utilization,
                          max_num_batched_tokens=batched, max_num_seqs=seqs).tokens

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import yaml
 
 from paretoserve.catalog.dtypes import normalize_dtype
 from paretoserve.errors import UserError
+from paretoserve.textfiles import read_yaml
 
 #: Dtypes a device may list peak FLOP/s for.
 FLOP_DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4")
@@ -267,16 +267,7 @@ def _bundled() -> dict[str, DeviceSpec]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file; UserError naming the file (and line) otherwise."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or "cannot parse"
-        raise UserError(f"not valid YAML ({problem})", file=str(path),
-                        line=mark.line + 1 if mark is not None else None) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read hardware file ({exc.__class__.__name__}: {exc})",
-                        file=str(path)) from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise UserError("expected a mapping of DeviceSpec fields (name, display_name, flops, ...)",
                         file=str(path))

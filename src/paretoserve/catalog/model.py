@@ -9,7 +9,6 @@ Llama 4, DeepSeek-V3, Kimi-K2, Gemma 4), MLA attention (DeepSeek-V3, Kimi-K2), s
 from __future__ import annotations
 
 import difflib
-import json
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +18,7 @@ from typing import Any, Literal
 
 from paretoserve.catalog.dtypes import dtype_bytes
 from paretoserve.errors import UserError
+from paretoserve.textfiles import read_json
 
 AttentionKind = Literal["gqa", "mla", "mamba", "none"]
 MlpKind = Literal["dense", "moe", "none"]
@@ -298,19 +298,19 @@ def _bundled_key(key: str, known: list[str]) -> str:
 
 
 def parse_config(path: Path, *, name: str) -> ModelSpec:
-    """Parse one Hugging Face config.json file into a `ModelSpec` (UserError on bad content)."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read model config: {exc}", file=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON ({exc.msg})", file=str(path), line=exc.lineno) from None
+    """Parse one Hugging Face config.json file into a `ModelSpec`.
+
+    Every integer field must lie in its range of `_LIMITS` (generous for any real model), heads
+    must divide consistently, and top-k must not exceed the experts; anything else is a one-line
+    `UserError` naming the file and field.
+    """
+    raw = read_json(path)
     if not isinstance(raw, dict):
         raise UserError("expected a JSON object (a Hugging Face config.json)", file=str(path))
     cfg = _Config(raw, str(path))
     return ModelSpec(
         name=name,
-        architecture=(raw.get("architectures") or [cfg.get("model_type", "unknown")])[0],
+        architecture=_architecture(cfg, raw),
         hidden_size=cfg.int("hidden_size"),
         vocab_size=cfg.int("vocab_size"),
         layers=_layers(cfg),
@@ -319,6 +319,49 @@ def parse_config(path: Path, *, name: str) -> ModelSpec:
         weight_dtype=_weight_dtype(cfg, raw),
         source=str(path),
     )
+
+
+#: Accepted range [low, high] of each integer field of config.json. The bounds are generous (the
+#: largest value in any bundled config is a small fraction of each), and keep a typo from making
+#: the catalog report absurd figures (hidden_size 0) or loop over 10^9 layers. Fields not listed
+#: take `_DEFAULT_LIMITS`.
+_LIMITS: dict[str, tuple[int, int]] = {
+    "hidden_size": (1, 1_000_000),
+    "vocab_size": (1, 100_000_000),
+    "num_hidden_layers": (1, 10_000),
+    "num_attention_heads": (1, 100_000),
+    "num_key_value_heads": (1, 100_000),
+    "num_global_key_value_heads": (1, 100_000),
+    "head_dim": (0, 100_000),  # 0: hidden_size / num_attention_heads
+    "global_head_dim": (1, 100_000),
+    "attention_head_dim": (1, 100_000),
+    "qk_nope_head_dim": (1, 100_000),
+    "qk_rope_head_dim": (0, 100_000),
+    "v_head_dim": (1, 100_000),
+    "kv_lora_rank": (1, 1_000_000),
+    "q_lora_rank": (0, 1_000_000),
+    "intermediate_size": (1, 10_000_000),
+    "moe_intermediate_size": (1, 10_000_000),
+    "shared_expert_intermediate_size": (1, 10_000_000),
+    "max_position_embeddings": (1, 1_000_000_000),
+    "sliding_window": (1, 1_000_000_000),
+    "num_local_experts": (1, 100_000),
+    "n_routed_experts": (1, 100_000),
+    "num_experts": (1, 100_000),
+    "n_shared_experts": (1, 100_000),
+    "num_experts_per_tok": (1, 100_000),
+    "top_k_experts": (1, 100_000),
+    "mamba_num_heads": (1, 100_000),
+    "mamba_head_dim": (1, 100_000),
+    "ssm_state_size": (1, 100_000),
+    "n_groups": (1, 100_000),
+    "conv_kernel": (1, 1_000),
+    "first_k_dense_replace": (0, 10_000),
+    "moe_layer_freq": (0, 10_000),
+    "interleave_moe_layer_step": (0, 10_000),
+    "decoder_sparse_step": (0, 10_000),
+}
+_DEFAULT_LIMITS = (0, 10_000_000)
 
 
 class _Config:
@@ -333,18 +376,46 @@ class _Config:
         value = self.data.get(key)
         return default if value is None else value
 
-    def int(self, key: str, default: int | None = None) -> int:
-        value = self.data.get(key, default)
+    def int(self, key: str, default: int | None = None, *, high: int | None = None) -> int:
+        """The integer `key` (or `default` when absent or null) within its `_LIMITS` range;
+        `high` lowers the upper bound (e.g. top-k to the number of experts)."""
+        value = self.get(key, default)
+        low, top = _LIMITS.get(key, _DEFAULT_LIMITS)
+        top = top if high is None else min(top, high)
         if value is None:
-            raise UserError("missing required field (expected a positive integer)", file=self.file,
-                            field=key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UserError(f"expected a non-negative integer, got {value!r}", file=self.file, field=key)
+            raise UserError(f"missing required field (expected an integer from {low:,} to {top:,})",
+                            file=self.file, field=key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= top:
+            raise UserError(f"expected an integer from {low:,} to {top:,}, got {str(value)[:40]}",
+                            file=self.file, field=key)
+        return value
+
+    def list(self, key: str, item: type) -> list[Any]:
+        """The list `key` of `item` values ([] when absent or null)."""
+        value = self.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool)
+                                                  for v in value):
+            what = {str: "strings", int: "integers"}.get(item, item.__name__)
+            raise UserError(f"expected a list of {what}, got {str(value)[:40]}",
+                            file=self.file, field=key)
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """The object `key` ({} when absent or null)."""
+        value = self.get(key, {})
+        if not isinstance(value, dict):
+            raise UserError(f"expected a JSON object, got {str(value)[:40]}", file=self.file, field=key)
         return value
 
 
+def _architecture(cfg: _Config, raw: dict[str, Any]) -> str:
+    """Hugging Face `architectures[0]`, else `model_type`."""
+    names = _Config(raw, cfg.file).list("architectures", str)
+    return names[0] if names else str(cfg.get("model_type", "unknown"))
+
+
 def _weight_dtype(cfg: _Config, raw: dict[str, Any]) -> str:
-    quant = raw.get("quantization_config") or cfg.get("quantization_config") or {}
+    quant = _Config(raw, cfg.file).mapping("quantization_config") or cfg.mapping("quantization_config")
     method = str(quant.get("quant_method", "")).lower()
     if method == "fp8" or quant.get("fmt") in ("e4m3", "e5m2"):
         return "fp8"
@@ -362,7 +433,7 @@ def _layers(cfg: _Config) -> tuple[LayerSpec, ...]:
         return _hybrid_layers(cfg, str(pattern))
     n_layers = cfg.int("num_hidden_layers")
     hidden = cfg.int("hidden_size")
-    layer_types = cfg.get("layer_types") or []
+    layer_types = cfg.list("layer_types", str)
     if layer_types and len(layer_types) != n_layers:
         raise UserError(f"has {len(layer_types)} entries, expected num_hidden_layers={n_layers}",
                         file=cfg.file, field="layer_types")
@@ -382,9 +453,7 @@ def _attention(cfg: _Config, hidden: int, layer_type: str) -> AttentionSpec:
             v_head_dim=cfg.int("v_head_dim"), q_lora_rank=cfg.int("q_lora_rank", 0),
             kv_lora_rank=cfg.int("kv_lora_rank"), rope_dim=cfg.int("qk_rope_head_dim"),
             bias=bool(cfg.get("attention_bias", False)))
-    head_dim = cfg.int("head_dim", hidden // heads) if heads else 0
-    if heads and head_dim == 0:
-        head_dim = hidden // heads
+    head_dim = cfg.int("head_dim", 0) or _derived_head_dim(cfg, hidden, heads)
     window = None
     kv_shared = False
     if layer_type == "sliding_attention":
@@ -396,7 +465,7 @@ def _attention(cfg: _Config, hidden: int, layer_type: str) -> AttentionSpec:
         kv_shared = bool(cfg.get("attention_k_eq_v", False))
     elif cfg.get("use_sliding_window") and cfg.get("sliding_window"):
         window = cfg.int("sliding_window")
-    if heads and kv_heads and heads % kv_heads:
+    if heads % kv_heads:
         raise UserError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads="
                         f"{kv_heads}", file=cfg.file, field="num_key_value_heads")
     return AttentionSpec(kind="gqa", num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
@@ -404,14 +473,25 @@ def _attention(cfg: _Config, hidden: int, layer_type: str) -> AttentionSpec:
                          bias=bool(cfg.get("attention_bias", False)))
 
 
+def _derived_head_dim(cfg: _Config, hidden: int, heads: int) -> int:
+    """hidden_size / num_attention_heads, the head width when a config gives no head_dim."""
+    if hidden % heads:
+        raise UserError(f"missing, and hidden_size={hidden} is not a multiple of num_attention_heads="
+                        f"{heads}; give head_dim", file=cfg.file, field="head_dim")
+    return hidden // heads
+
+
 def _mlp(cfg: _Config, index: int) -> MlpSpec:
     gated = str(cfg.get("hidden_act", cfg.get("hidden_activation", "silu"))) != "relu2"
     dense = MlpSpec(kind="dense", intermediate=cfg.int("intermediate_size"), gated=gated,
                     bias=bool(cfg.get("mlp_bias", False)))
-    experts = cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts")
-    if not experts or not _is_moe_layer(cfg, index):
+    experts_key = next((key for key in ("num_local_experts", "n_routed_experts", "num_experts")
+                        if cfg.get(key)), None)
+    if experts_key is None or not _is_moe_layer(cfg, index):
         return dense
-    top_k = cfg.int("num_experts_per_tok") if cfg.get("num_experts_per_tok") else cfg.int("top_k_experts")
+    experts = cfg.int(experts_key)
+    top_k_key = "num_experts_per_tok" if cfg.get("num_experts_per_tok") else "top_k_experts"
+    top_k = cfg.int(top_k_key, high=experts)
     expert_width = cfg.int("moe_intermediate_size", cfg.int("intermediate_size"))
     shared = 0
     if cfg.get("n_shared_experts"):
@@ -423,14 +503,14 @@ def _mlp(cfg: _Config, index: int) -> MlpSpec:
     elif cfg.get("enable_moe_block"):
         shared = cfg.int("intermediate_size")  # Gemma 4: a dense MLP beside the routed experts
     model_type = str(cfg.get("model_type", ""))
-    return MlpSpec(kind="moe", intermediate=shared, gated=gated, num_experts=int(experts), top_k=top_k,
+    return MlpSpec(kind="moe", intermediate=shared, gated=gated, num_experts=experts, top_k=top_k,
                    expert_intermediate=expert_width, bias=model_type == "gpt_oss")
 
 
 def _is_moe_layer(cfg: _Config, index: int) -> bool:
     if index < cfg.int("first_k_dense_replace", 0):
         return False
-    if index in (cfg.get("mlp_only_layers") or []):
+    if index in cfg.list("mlp_only_layers", int):
         return False
     step = cfg.int("moe_layer_freq", 0) or cfg.int("interleave_moe_layer_step", 0) \
         or cfg.int("decoder_sparse_step", 1)
@@ -447,7 +527,8 @@ def _hybrid_layers(cfg: _Config, pattern: str) -> tuple[LayerSpec, ...]:
                           mamba_head_dim=cfg.int("mamba_head_dim"), ssm_state=cfg.int("ssm_state_size"),
                           ssm_groups=cfg.int("n_groups"), conv_kernel=cfg.int("conv_kernel"))
     heads = cfg.int("num_attention_heads")
-    head_dim = cfg.int("attention_head_dim", cfg.int("head_dim", hidden // heads))
+    head_dim = (cfg.int("attention_head_dim") if cfg.get("attention_head_dim") is not None
+                else cfg.int("head_dim", 0) or _derived_head_dim(cfg, hidden, heads))
     attention = AttentionSpec(kind="gqa", num_heads=heads, num_kv_heads=cfg.int("num_key_value_heads"),
                               head_dim=head_dim, v_head_dim=head_dim)
     none_attn = AttentionSpec(kind="none")

@@ -37,9 +37,9 @@ def _is_paretoserve_records(path: Path) -> bool:
 
 def is_raw_vllm(path: Path) -> bool:
     """True for a vLLM measurement that `import_vllm` reads and `read_run` does not."""
-    if path.is_dir():
+    if path.is_dir():  # vLLM's run folder: requests.jsonl in its schema beside meta.json
         requests = path / REQUESTS_FILE
-        return requests.is_file() and not _is_paretoserve_records(requests)
+        return (path / "meta.json").is_file() and requests.is_file() and not _is_paretoserve_records(requests)
     return path.is_file() and path.suffix in (".json", ".jsonl")
 
 

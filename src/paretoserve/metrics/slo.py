@@ -2,7 +2,7 @@
 
 Grammar of an SLO string (`parse_slo`), comma-separated, order kept:
 
-    METRIC_pNN=VALUE[UNIT]      METRIC in ttft, tpot, e2e, itl; NN in 50, 90, 95, 99;
+    METRIC_pNN=VALUE[UNIT]      METRIC in ttft, tpot, e2e; NN in 50, 90, 95, 99;
                                 UNIT in s, ms, us (or µs); a bare number is seconds
     attainment=FRACTION         optional, in (0, 1]
 
@@ -14,9 +14,14 @@ Two ways to judge a run (DESIGN §3):
 
 - per request (DistServe): a completed request is good when its TTFT, TPOT and E2E are each within
   their thresholds (those given). A request with one output token has no TPOT and passes that check.
-  ITL thresholds are not applied per request (one slow gap does not fail a request); failed requests
-  are never good. Goodput and SLO attainment count good requests.
+  Failed requests are never good. Goodput and SLO attainment count good requests, and the attainment
+  target is the fraction of requests that must be good.
 - per run (`Slo.met_by`): each named percentile of the run's summary is within its threshold.
+
+ITL (the gap between two streamed tokens) is reported in every summary but is refused as an
+objective: a simulated run has no per-request token gaps (the simulator reports each decode step
+once for all its sequences), so a per-request ITL check could not be applied to the runs it matters
+for. TPOT, the mean gap of each request, is the per-request objective.
 """
 
 from __future__ import annotations
@@ -32,14 +37,14 @@ from paretoserve.metrics.records import RequestRecord
 if TYPE_CHECKING:
     from paretoserve.metrics.summary import Summary
 
-METRICS: tuple[str, ...] = ("ttft", "tpot", "e2e", "itl")
+METRICS: tuple[str, ...] = ("ttft", "tpot", "e2e")
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 DEFAULT_ATTAINMENT = 0.9
 
 _UNIT_EXPONENT = {"s": 0, "ms": -3, "us": -6, "µs": -6}
-_TARGET = re.compile(r"^(ttft|tpot|e2e|itl)_p(\d+)$")
+_TARGET = re.compile(r"^(ttft|tpot|e2e)_p(\d+)$")
 _VALUE = re.compile(r"^([0-9.eE+-]+?)\s*(s|ms|us|µs)?$")
-_GRAMMAR = ("expected comma-separated METRIC_pNN=VALUE[s|ms|us] with METRIC in ttft, tpot, e2e, itl and "
+_GRAMMAR = ("expected comma-separated METRIC_pNN=VALUE[s|ms|us] with METRIC in ttft, tpot, e2e and "
             "NN in 50, 90, 95, 99, plus optional attainment=FRACTION, e.g. 'ttft_p90=2s,tpot_p90=80ms'")
 
 
@@ -50,6 +55,10 @@ class SloTarget:
     metric: str
     percentile: int
     threshold_s: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"SLO metric {self.metric!r}: expected one of {', '.join(METRICS)}")
 
     def __str__(self) -> str:
         return f"{self.metric}_p{self.percentile}={_format_seconds(self.threshold_s)}"
@@ -68,7 +77,7 @@ class Slo:
     attainment_target: float = DEFAULT_ATTAINMENT
 
     def threshold_s(self, metric: str) -> float | None:
-        """The threshold in seconds for `metric` ("ttft", "tpot", "e2e", "itl"), None if not set."""
+        """The threshold in seconds for `metric` ("ttft", "tpot", "e2e"), None if not set."""
         return next((t.threshold_s for t in self.targets if t.metric == metric), None)
 
     @property
@@ -86,24 +95,12 @@ class Slo:
         """E2E threshold in seconds, None if not set."""
         return self.threshold_s("e2e")
 
-    @property
-    def itl_s(self) -> float | None:
-        """ITL threshold in seconds, None if not set."""
-        return self.threshold_s("itl")
-
     def request_ok(self, record: RequestRecord) -> bool:
         """True when the request completed and its TTFT, TPOT and E2E meet the thresholds given."""
         if not record.ok:
             return False
         for target in self.targets:
-            if target.metric == "ttft":
-                value = record.ttft_s
-            elif target.metric == "tpot":
-                value = record.tpot_s
-            elif target.metric == "e2e":
-                value = record.e2e_s
-            else:
-                continue
+            value = getattr(record, f"{target.metric}_s")
             if value is not None and value > target.threshold_s:
                 return False
         return True
@@ -175,6 +172,9 @@ def parse_slo(text: str) -> Slo:
         if key == "attainment":
             attainment = _parse_attainment(value)
             continue
+        if key.startswith("itl_"):
+            raise UserError(f"SLO {text!r}: ITL is not an objective (simulated runs have no per-request "
+                            f"token gaps); use tpot_pNN, the mean gap of each request; {_GRAMMAR}")
         match = _TARGET.match(key)
         if not match or int(match.group(2)) not in PERCENTILES:
             raise UserError(f"SLO {text!r}: unknown objective {key!r}; {_GRAMMAR}")

@@ -47,6 +47,7 @@ from paretoserve.atomic import write_bytes_atomic, write_text_atomic
 from paretoserve.errors import UserError
 from paretoserve.outputs import Inputs, claim_file
 from paretoserve.perf.fitted import Coefficients, Grid, KernelFit
+from paretoserve.textfiles import read_yaml
 
 FORMAT = "paretoserve-profile/1"
 PROFILE_KINDS = ("kernels", "transfer", "run", "local")
@@ -207,14 +208,7 @@ def load_profile(path: str | os.PathLike[str], *, device: str | None = None) -> 
     if not source.is_file():
         raise UserError("profile not found (write one with `paretoserve calibrate` or "
                         "`paretoserve profile`)", file=str(source))
-    try:
-        doc = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"not valid YAML ({getattr(exc, 'problem', None) or 'cannot parse'})",
-                        file=str(source), line=mark.line + 1 if mark is not None else None) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read profile ({exc.__class__.__name__})", file=str(source)) from None
+    doc = read_yaml(source)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UserError(f"not a paretoserve profile (expected 'format: {FORMAT}')", file=str(source))
     for name in ("device", "kind"):
@@ -228,6 +222,9 @@ def load_profile(path: str | os.PathLike[str], *, device: str | None = None) -> 
                         f"on {device} (or drop --profile for the datasheet roofline)", file=str(source),
                         field="device")
     coefficients = _coefficients(doc.get("coefficients") or {}, source)
+    for name in ("fit", "transfer"):
+        if not isinstance(doc.get(name) or {}, dict):
+            raise UserError("must be a mapping", file=str(source), field=name)
     kernels = _load_grids(doc, source) if doc.get("grids_file") else {}
     return Profile(device=doc["device"], kind=doc["kind"], engine=str(doc.get("engine") or ""),
                    engine_version=str(doc.get("engine_version") or ""), source=str(doc.get("source") or ""),
@@ -247,8 +244,8 @@ def _coefficients(data: Any, source: Path) -> Coefficients:
     values = {}
     for name, default in known.items():
         value = data.get(name, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not np.isfinite(value):
-            raise UserError("must be a number", file=str(source), field=f"coefficients.{name}")
+        if not isinstance(value, int | float) or isinstance(value, bool) or not -1e300 < value < 1e300:
+            raise UserError("must be a finite number", file=str(source), field=f"coefficients.{name}")
         if name.endswith("_scale") and value <= 0:
             raise UserError("must be > 0", file=str(source), field=f"coefficients.{name}")
         if name.endswith("_s") and value < 0:
@@ -292,7 +289,7 @@ def _load_grids(doc: dict[str, Any], source: Path) -> dict[str, KernelFit]:
             fit = kernels.setdefault(entry["kernel"], KernelFit(entry["kernel"], tuple(group), {},
                                                                 int(entry.get("points", 0))))
             fit.groups[tuple(str(v) for v in group.values())] = grid
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"malformed grid entry ({exc.__class__.__name__}: {exc})", file=str(source),
                         field="grids") from None
     return kernels

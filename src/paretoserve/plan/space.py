@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.dtypes import normalize_dtype
@@ -18,6 +17,7 @@ from paretoserve.perf.memory import kv_capacity
 from paretoserve.perf.roofline import check_parallelism
 from paretoserve.sim.cluster import ROUTERS
 from paretoserve.sim.schedulers import POLICIES
+from paretoserve.textfiles import read_yaml
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,17 +94,17 @@ class SearchSpace(BaseModel):
     devices: list[str] = Field(min_length=1)
     max_devices: int = Field(8, ge=1, description="device budget (--budget): devices a plan may use")
     max_usd_per_hour: float | None = Field(None, gt=0, description="dollar budget (--budget-usd): USD per hour")
-    tp: list[int] = [1, 2, 4, 8]
-    pp: list[int] = [1]
-    max_num_seqs: list[int] = [256]
-    max_num_batched_tokens: list[int] = [8192]
+    tp: list[PositiveInt] = [1, 2, 4, 8]
+    pp: list[PositiveInt] = [1]
+    max_num_seqs: list[PositiveInt] = [256]
+    max_num_batched_tokens: list[PositiveInt] = [8192]
     weight_dtypes: list[str] = ["bf16"]
     kv_dtypes: list[str] = ["bf16"]
     policies: list[str] = ["vllm"]
     router: str = "round_robin"
     disagg: bool = True
     max_pool_replicas: int = Field(4, ge=1, description="largest prefill or decode pool in xPyD plans")
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
 
     @field_validator("weight_dtypes", "kv_dtypes")
     @classmethod
@@ -136,13 +136,7 @@ class SearchSpace(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: object) -> SearchSpace:
         """Load a YAML search space; flags given on the command line override its fields."""
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise UserError(f"cannot read search space: {exc.strerror}", file=str(path)) from None
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            raise UserError("not valid YAML", file=str(path), line=None if line is None else line + 1) from None
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise UserError("expected a mapping of search-space fields", file=str(path))
         return cls.build({**raw, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))

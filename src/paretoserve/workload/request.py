@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Most tokens a prompt or an output may have (a hundred times the longest context of any bundled
+#: model); readers and length specs refuse larger counts.
+MAX_TOKENS = 100_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class Request:

@@ -5,7 +5,7 @@ Arrival processes (rates in requests per second, times in seconds; the first req
 
 - `poisson(rate)`: exponential gaps of mean 1/rate.
 - `gamma(rate, cv)`: gamma gaps of mean 1/rate and coefficient of variation `cv` (the burstiness;
-  cv = 1 is Poisson, cv > 1 burstier, cv < 1 more regular).
+  cv = 1 is Poisson, cv > 1 burstier, cv < 1 more regular; from `MIN_CV` to `MAX_CV`).
 - `constant(rate)`: gaps of exactly 1/rate.
 - `ramp(start_rate, end_rate, duration_s)`: a Poisson process whose rate moves linearly from
   `start_rate` to `end_rate` over `duration_s` and stays at `end_rate` afterwards (no arrivals
@@ -16,7 +16,10 @@ Length specs (`parse_lengths`), for prompt or output tokens:
 - ``N`` or ``fixed:N``                 always N tokens;
 - ``uniform:A:B``                       integers uniformly in [A, B], both included;
 - ``lognormal:MEAN:SIGMA``              log-normal with mean MEAN tokens and shape SIGMA (the standard
-                                        deviation of the log), rounded, at least 1 token.
+                                        deviation of the log, at most `MAX_SIGMA`), rounded and
+                                        kept within [1, MAX_TOKENS].
+
+Token counts in a spec are whole numbers from 1 to `MAX_TOKENS`.
 
 Prompt and output lengths may instead be resampled from a named trace: pairs (prompt, output) are
 drawn jointly with replacement, keeping their correlation; prefix hashes are not copied (resampled
@@ -35,11 +38,23 @@ from itertools import islice
 import numpy as np
 
 from paretoserve.errors import UserError
-from paretoserve.workload.request import Request
+from paretoserve.workload.request import MAX_TOKENS, Request
 from paretoserve.workload.traces import load_trace
 
 #: Requests generated per batch by the streaming generators (memory stays O(CHUNK)).
 CHUNK = 4096
+
+#: Range of the arrival rate of a synthetic process, requests/s (from one request in 30 years to far
+#: above any deployment; keeps the ramp's arithmetic, which squares rates, clear of overflow and
+#: underflow).
+MIN_RATE, MAX_RATE = 1e-9, 1e6
+
+#: Range of a gamma process's coefficient of variation (1e-3 is all but constant gaps; 1e3 sends
+#: nearly everything in a handful of bursts).
+MIN_CV, MAX_CV = 1e-3, 1e3
+
+#: Largest lognormal SIGMA of a length spec (SIGMA 10 spreads lengths over tens of decades already).
+MAX_SIGMA = 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,25 +137,38 @@ def _positive(value: float, what: str) -> float:
     return float(value)
 
 
+def _rate(value: float) -> float:
+    """`value` as an arrival rate: positive, finite and at most `MAX_RATE` requests/s."""
+    if not MIN_RATE <= value <= MAX_RATE:  # also False for NaN
+        raise UserError(f"rate must be from {MIN_RATE:g} to {MAX_RATE:g} requests/s, got {value!r}")
+    return float(value)
+
+
 def poisson(rate: float) -> Arrivals:
     """Poisson arrivals at `rate` requests/s."""
-    return Arrivals("poisson", _positive(rate, "rate"))
+    return Arrivals("poisson", _rate(rate))
 
 
 def gamma(rate: float, cv: float) -> Arrivals:
     """Gamma-renewal arrivals at mean `rate` requests/s with gap coefficient of variation `cv`."""
-    return Arrivals("gamma", _positive(rate, "rate"), cv=_positive(cv, "burstiness (CV)"))
+    if not MIN_CV <= cv <= MAX_CV:
+        raise UserError(f"burstiness (CV) must be from {MIN_CV:g} to {MAX_CV:g}, got {cv!r}")
+    return Arrivals("gamma", _rate(rate), cv=float(cv))
 
 
 def constant(rate: float) -> Arrivals:
     """Evenly spaced arrivals, `rate` requests/s."""
-    return Arrivals("constant", _positive(rate, "rate"))
+    return Arrivals("constant", _rate(rate))
 
 
 def ramp(start_rate: float, end_rate: float, duration_s: float) -> Arrivals:
     """Poisson arrivals whose rate goes linearly from `start_rate` to `end_rate` over `duration_s`."""
-    if start_rate < 0 or end_rate < 0 or start_rate + end_rate <= 0:
-        raise UserError(f"ramp rates must be >= 0 and not both 0, got {start_rate!r} and {end_rate!r}")
+    def valid(rate: float) -> bool:
+        return rate == 0 or MIN_RATE <= rate <= MAX_RATE
+
+    if not (valid(start_rate) and valid(end_rate)) or start_rate + end_rate <= 0:
+        raise UserError(f"ramp rates must be 0 or from {MIN_RATE:g} to {MAX_RATE:g} requests/s, not both 0; "
+                        f"got {start_rate!r} and {end_rate!r}")
     return Arrivals("ramp", float(start_rate), end_rate=float(end_rate),
                     duration_s=_positive(duration_s, "ramp duration"))
 
@@ -164,10 +192,11 @@ class Lengths:
         if self.kind == "uniform":
             return rng.integers(int(self.a), int(self.b), count, endpoint=True)
         mu = math.log(self.a) - 0.5 * self.b * self.b
-        return np.maximum(np.rint(rng.lognormal(mu, self.b, count)), 1).astype(np.int64)
+        return np.clip(np.rint(rng.lognormal(mu, self.b, count)), 1, MAX_TOKENS).astype(np.int64)
 
 
-_LENGTH_GRAMMAR = "expected N, fixed:N, uniform:A:B or lognormal:MEAN:SIGMA (token counts >= 1)"
+_LENGTH_GRAMMAR = (f"expected N, fixed:N, uniform:A:B or lognormal:MEAN:SIGMA (token counts from 1 to "
+                   f"{MAX_TOKENS:,}, SIGMA from 0 to {MAX_SIGMA})")
 
 
 def _number(text: str, spec: str, what: str) -> Decimal:
@@ -182,10 +211,11 @@ def _number(text: str, spec: str, what: str) -> Decimal:
 
 
 def _tokens(text: str, spec: str) -> int:
-    """A whole token count >= 1 from a length spec."""
+    """A whole token count from 1 to MAX_TOKENS from a length spec."""
     value = _number(text, spec, "token count")
-    if value != value.to_integral_value() or value < 1:
-        raise UserError(f"length spec {spec!r}: {text!r} is not a whole number >= 1; {_LENGTH_GRAMMAR}")
+    if not 1 <= value <= MAX_TOKENS or value != value.to_integral_value():
+        raise UserError(f"length spec {spec!r}: {text!r} is not a whole number from 1 to {MAX_TOKENS:,}; "
+                        f"{_LENGTH_GRAMMAR}")
     return int(value)
 
 
@@ -202,8 +232,9 @@ def parse_lengths(spec: str) -> Lengths:
         return Lengths("uniform", low, high)
     if kind == "lognormal" and len(args) == 2:
         mean, sigma = _number(args[0], spec, "MEAN"), _number(args[1], spec, "SIGMA")
-        if mean < 1 or sigma < 0:
-            raise UserError(f"length spec {spec!r}: MEAN must be >= 1 and SIGMA >= 0; {_LENGTH_GRAMMAR}")
+        if not (1 <= mean <= MAX_TOKENS and 0 <= sigma <= MAX_SIGMA):
+            raise UserError(f"length spec {spec!r}: MEAN must be from 1 to {MAX_TOKENS:,} and SIGMA from 0 "
+                            f"to {MAX_SIGMA}; {_LENGTH_GRAMMAR}")
         return Lengths("lognormal", float(mean), float(sigma))
     raise UserError(f"length spec {spec!r}: {_LENGTH_GRAMMAR}")
 

@@ -20,26 +20,28 @@ Every reader re-bases arrival times so that the first request arrives at 0 s and
 requests sorted by arrival (ties keep file order). Rows with 0 prompt or 0 output tokens (failed
 requests in production logs) are skipped with one `TraceWarning` per file; any other bad value is a
 `UserError` naming the file, line and field. Request ids are the source's ids where it has them,
-otherwise the 0-based row index in the file. Files ending in ``.gz`` are read through gzip.
+otherwise the 0-based row index in the file. Files ending in ``.gz`` are read through gzip. Token
+counts above `MAX_TOKENS` are refused; lines longer than `textfiles.MAX_LINE_BYTES`, binary files and
+files that are not UTF-8 are `UserError`s naming the file (see `paretoserve.textfiles`).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
-import gzip
 import json
 import re
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from paretoserve.atomic import write_text_atomic
-from paretoserve.errors import UserError
+from paretoserve.errors import UserError, shown
 from paretoserve.jsonlines import iter_json_lines
-from paretoserve.workload.request import Request
+from paretoserve.textfiles import parse_json, text_lines
+from paretoserve.workload.request import MAX_TOKENS, Request
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -68,11 +70,9 @@ class _Source:
         self.path = path
         self.label = label
 
-    def open(self) -> TextIO:
-        """Open the trace as text (through gzip for `.gz` files)."""
-        if self.path.suffix == ".gz":
-            return gzip.open(self.path, "rt", encoding="utf-8", newline="")
-        return open(self.path, encoding="utf-8", newline="")
+    def lines(self) -> Iterator[tuple[int, str]]:
+        """(line number, text) of every line (through gzip for `.gz` files; see `text_lines`)."""
+        return text_lines(self.path, self.label)
 
     def error(self, message: str, line: int | None = None, field: str | None = None) -> UserError:
         """A `UserError` located in this trace."""
@@ -98,10 +98,10 @@ class _Skipped:
 
 
 def _count(value: object, source: _Source, line: int, field: str) -> int:
-    """A token count: a non-negative integer given as int, integral float or numeric text."""
+    """A token count: an integer in [0, MAX_TOKENS] given as int, integral float or numeric text."""
     number = value if type(value) is int else _as_int(value)
-    if number is None or number < 0:
-        raise source.error(f"expected a non-negative integer, got {value!r}", line, field)
+    if number is None or not 0 <= number <= MAX_TOKENS:
+        raise source.error(f"expected an integer from 0 to {MAX_TOKENS:,}, got {shown(value)}", line, field)
     return number
 
 
@@ -111,7 +111,7 @@ def _as_int(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 30:
         try:
             return int(value)
         except ValueError:
@@ -131,7 +131,7 @@ def _seconds(value: object, source: _Source, line: int, field: str,
     except (TypeError, ValueError):
         number = float("nan")
     if isinstance(value, bool) or number != number or number in (float("inf"), float("-inf")):
-        raise source.error(f"expected {expected}, got {value!r}", line, field)
+        raise source.error(f"expected {expected}, got {shown(value)}", line, field)
     return number
 
 
@@ -159,7 +159,7 @@ class _Clock:
             return (moment - self.origin).total_seconds()
         except TypeError:
             raise self.source.error(
-                f"time zone given on some rows and not on others, got {text!r}", line, self.field) from None
+                f"time zone given on some rows and not on others, got {shown(text)}", line, self.field) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,42 +206,53 @@ def _column_indexes(header: list[str], fmt: str, source: _Source) -> dict[str, t
         expected = ", ".join(names[0] for names in _CSV_COLUMNS[fmt].values())
         raise source.error(
             f"missing column(s) {', '.join(missing)} for a {fmt} trace; found columns "
-            f"{', '.join(h.strip() for h in header) or '(none)'}; expected {expected} "
+            f"{', '.join(h.strip() for h in header)[:120] or '(none)'}; expected {expected} "
             "(case and punctuation ignored)", 1)
     return found
 
 
+def _csv_rows(source: _Source) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV row; a malformed row is an error naming its line."""
+    reader = csv.reader(text for _, text in source.lines())
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise source.error(f"not valid CSV ({exc})", reader.line_num) from None
+        yield reader.line_num, row
+
+
 def _read_csv(source: _Source, fmt: str) -> list[_Row]:
     """Read one of the CSV formats in `_CSV_COLUMNS`."""
-    with source.open() as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise source.error("empty trace: no header line")
-        columns = _column_indexes(header, fmt, source)
-        time_index, time_name = columns["time"]
-        prompt_index, prompt_name = columns["prompt"]
-        output_index, output_name = columns["output"]
-        if fmt == "azure":
-            seconds = _Clock(source, time_name).seconds
-        else:
-            def seconds(text: str, line: int) -> float:
-                return _seconds(text, source, line, time_name)
-        needed = max(time_index, prompt_index, output_index) + 1
-        rows: list[_Row] = []
-        skipped = _Skipped()
-        for row_index, row in enumerate(reader):
-            line = reader.line_num
-            if len(row) < needed:
-                if not row:
-                    continue
-                raise source.error(f"expected {len(header)} columns, got {len(row)}", line)
-            prompt = _count(row[prompt_index], source, line, prompt_name)
-            output = _count(row[output_index], source, line, output_name)
-            if prompt == 0 or output == 0:
-                skipped.count += 1
+    reader = _csv_rows(source)
+    _, header = next(reader, (0, None))
+    if header is None:
+        raise source.error("empty trace: no header line")
+    columns = _column_indexes(header, fmt, source)
+    time_index, time_name = columns["time"]
+    prompt_index, prompt_name = columns["prompt"]
+    output_index, output_name = columns["output"]
+    if fmt == "azure":
+        seconds = _Clock(source, time_name).seconds
+    else:
+        def seconds(text: str, line: int) -> float:
+            return _seconds(text, source, line, time_name)
+    needed = max(time_index, prompt_index, output_index) + 1
+    rows: list[_Row] = []
+    skipped = _Skipped()
+    for row_index, (line, row) in enumerate(reader):
+        if len(row) < needed:
+            if not row:
                 continue
-            rows.append((seconds(row[time_index], line), str(row_index), prompt, output, None))
+            raise source.error(f"expected {len(header)} columns, got {len(row)}", line)
+        prompt = _count(row[prompt_index], source, line, prompt_name)
+        output = _count(row[output_index], source, line, output_name)
+        if prompt == 0 or output == 0:
+            skipped.count += 1
+            continue
+        rows.append((seconds(row[time_index], line), str(row_index), prompt, output, None))
     skipped.warn(source)
     return rows
 
@@ -252,11 +263,10 @@ def _read_csv(source: _Source, fmt: str) -> list[_Row]:
 
 def _json_lines(source: _Source) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; anything but a JSON object is an error."""
-    with source.open() as handle:
-        for line, data in iter_json_lines(handle, source.label):
-            if not isinstance(data, dict):
-                raise source.error(f"expected a JSON object, got {type(data).__name__}", line)
-            yield line, data
+    for line, data in iter_json_lines(source.path, source.label):
+        if not isinstance(data, dict):
+            raise source.error(f"expected a JSON object, got {type(data).__name__}", line)
+        yield line, data
 
 
 def _get(data: dict[str, Any], key: str, source: _Source, line: int) -> Any:
@@ -271,7 +281,7 @@ def _hashes(value: object, source: _Source, line: int, field: str) -> tuple[int,
     """A list of integer block hashes."""
     if not isinstance(value, list) or not all(
             isinstance(item, int) and not isinstance(item, bool) for item in value):
-        raise source.error(f"expected a list of integers, got {str(value)[:40]!r}", line, field)
+        raise source.error(f"expected a list of integers, got {shown(value)}", line, field)
     return tuple(value)
 
 
@@ -333,7 +343,7 @@ def _read_jsonl(source: _Source) -> list[_Row]:
             raise source.error("expected a positive integer, got 0", line, "prefix_block_tokens")
         priority = data.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool):
-            raise source.error(f"expected an integer, got {priority!r}", line, "priority")
+            raise source.error(f"expected an integer, got {shown(priority)}", line, "priority")
         rows.append((arrival, str(data.get("request_id", index)), prompt, output, {
             "prefix_hashes": _hashes(data.get("prefix_hashes", []), source, line, "prefix_hashes"),
             "prefix_block_tokens": block, "session_id": _optional_text(data, "session_id"),
@@ -361,10 +371,9 @@ FORMATS: tuple[str, ...] = tuple(_READERS)
 
 def _first_line(source: _Source) -> str:
     """The first non-blank line of the trace."""
-    with source.open() as handle:
-        for text in handle:
-            if text.strip():
-                return text.strip()
+    for _, text in source.lines():
+        if text.strip():
+            return text.strip()
     raise source.error("empty trace: no lines")
 
 
@@ -372,22 +381,25 @@ def _detect(source: _Source) -> str:
     """Format name from the first line: JSON keys for JSONL, column names for CSV."""
     first = _first_line(source)
     if first.startswith("{"):
-        try:
-            keys = set(json.loads(first))
-        except (json.JSONDecodeError, TypeError):
-            raise source.error("not valid JSON", 1) from None
+        data = parse_json(first, source.label, 1)
+        if not isinstance(data, dict):
+            raise source.error(f"expected a JSON object, got {type(data).__name__}", 1)
+        keys = set(data)
         for fmt, key in (("mooncake", "input_length"), ("vllm", "input_toks"), ("jsonl", "prompt_tokens")):
             if key in keys:
                 return fmt
         raise source.error(
-            f"unknown JSONL trace; keys found: {', '.join(sorted(keys))}; expected Mooncake "
+            f"unknown JSONL trace; keys found: {shown(sorted(keys))}; expected Mooncake "
             "(input_length), vLLM (input_toks) or paretoserve (prompt_tokens) records", 1)
-    columns = {_norm(name) for name in next(csv.reader([first]))}
+    try:
+        columns = {_norm(name) for name in next(csv.reader([first]))}
+    except csv.Error as exc:
+        raise source.error(f"not valid CSV ({exc})", 1) from None
     for fmt in ("peer", "burstgpt", "azure"):
         if columns & set(_CSV_COLUMNS[fmt]["prompt"]) and columns & set(_CSV_COLUMNS[fmt]["output"]):
             return fmt
     raise source.error(
-        f"unknown CSV trace header {first[:120]!r}; expected Azure (TIMESTAMP,ContextTokens,"
+        f"unknown CSV trace header {shown(first, 120)}; expected Azure (TIMESTAMP,ContextTokens,"
         "GeneratedTokens), BurstGPT (Timestamp,...,Request tokens,Response tokens,...) or peer "
         "(arrived_at,num_prefill_tokens,num_decode_tokens) columns", 1)
 
@@ -431,7 +443,7 @@ def load_trace(name_or_path: str, *, fmt: str | None = None) -> list[Request]:
     if name_or_path in BUNDLED:
         return list(_bundled(name_or_path))
     path = Path(name_or_path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"trace {name_or_path!r}: no such file and not a bundled trace "
                         f"(bundled: {', '.join(BUNDLED)})")
     source = _Source(path, name_or_path)

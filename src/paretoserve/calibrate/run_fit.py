@@ -35,8 +35,8 @@ sizes and contexts (the small ridge picks the pair closest to the datasheet).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -213,82 +213,24 @@ def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None
 
 
 def simulate_setup(setup: RunSetup, step_model: Any) -> list[RequestRecord]:
-    """Replay the run's requests with `step_model`; one record per request."""
+    """Replay the run's requests with `step_model`; one record per request.
+
+    With a cap on requests in flight, the requests go out in their recorded order, each at its
+    scheduled time or when a completion frees a slot (`paretoserve.sim.closed_loop.CappedClient`).
+    """
     from paretoserve.sim.api import simulate
 
-    client = None if setup.max_in_flight is None else _CappedClient(setup)
-    sim = simulate(setup.requests if client is None else client.requests(), step_model=step_model,
+    requests = setup.requests
+    if setup.max_in_flight is not None:
+        requests = [replace(q, arrival_s=setup.scheduled_s.get(q.request_id, q.arrival_s)) for q in requests]
+    sim = simulate(requests, step_model=step_model,
                    kv_tokens=setup.kv_tokens, block_size=setup.block_size, policy="vllm",
                    max_num_seqs=setup.max_num_seqs, max_num_batched_tokens=setup.max_num_batched_tokens,
                    prefix_caching=setup.prefix_caching,
                    max_model_len=max(setup.model.max_position_embeddings,
                                      max(q.prompt_tokens + q.output_tokens for q in setup.requests)),
-                   devices=setup.tp * setup.pp)
-    return list(sim) if client is None else client.run(sim)
-
-
-@dataclass(slots=True)
-class _Send:
-    """A request as the replayed load generator sends it: `Request`'s fields, with an `arrival_s`
-    (the send time) that stays `math.inf` until a slot frees. The simulator reads the next request's
-    arrival afresh at every event, so settling it between two events is seen at once."""
-
-    request_id: str
-    arrival_s: float
-    prompt_tokens: int
-    output_tokens: int
-    prefix_hashes: tuple[int, ...] = ()
-    prefix_block_tokens: int = 512
-    session_id: str | None = None
-    slo_class: str | None = None
-    priority: int = 0
-
-
-class _CappedClient:
-    """The load generator of a capped run, replayed inside the simulation (module docstring).
-
-    Requests go out in their recorded order; one is sent at max(its scheduled time, the previous
-    send) when fewer than `max_in_flight` are in flight, else at the completion that frees a slot.
-    A completion is seen as the simulation streams its record, before the simulator's next event.
-    """
-
-    def __init__(self, setup: RunSetup) -> None:
-        self.setup = setup
-        self.cap = int(setup.max_in_flight or 1)
-        self.sent = self.done = 0
-        self.last_send = 0.0
-        self.waiting: tuple[_Send, float] | None = None
-
-    def _send(self, item: _Send, scheduled: float, now: float) -> None:
-        item.arrival_s = self.last_send = max(scheduled, self.last_send, now)
-        self.sent += 1
-
-    def requests(self) -> Iterator[_Send]:
-        """The requests to simulate, each settled or waiting for a slot when the simulator asks."""
-        for q in self.setup.requests:
-            item = _Send(q.request_id, math.inf, q.prompt_tokens, q.output_tokens, q.prefix_hashes,
-                         q.prefix_block_tokens, q.session_id, q.slo_class, q.priority)
-            scheduled = self.setup.scheduled_s.get(q.request_id, q.arrival_s)
-            if self.sent - self.done < self.cap:
-                self._send(item, scheduled, 0.0)
-            else:
-                self.waiting = (item, scheduled)
-            yield item
-
-    def run(self, sim: Iterable[RequestRecord]) -> list[RequestRecord]:
-        """Consume the simulation, sending a waiting request when a completion frees its slot."""
-        records = []
-        for record in sim:
-            records.append(record)
-            self.done += 1
-            if self.waiting is not None and self.sent - self.done < self.cap:
-                item, scheduled = self.waiting
-                self.waiting = None
-                end = record.last_token_s if record.last_token_s is not None else record.arrival_s
-                self._send(item, scheduled, end)
-        if len(records) != len(self.setup.requests) or any(math.isinf(r.arrival_s) for r in records):
-            raise RuntimeError("capped replay: the simulation did not send every request")
-        return records
+                   devices=setup.tp * setup.pp, concurrency=setup.max_in_flight)
+    return list(sim)
 
 
 def step_model_for(setup: RunSetup, kernels: dict | None, coefficients: Coefficients) -> Calibrated:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from paretoserve.cli import replay_options
 from paretoserve.cli.app import app, console
 from paretoserve.errors import UserError
 
@@ -33,6 +34,10 @@ def validate_cmd(
                                                                  "record it."),
     hardware: str | None = typer.Option(None, "--hardware", "-H", help="The run's device, if not recorded."),
     tp: int | None = typer.Option(None, "--tp", help="Tensor-parallel degree of the run."),
+    pp: replay_options.Pp = None,
+    dp: replay_options.Dp = None,
+    expert_parallel: replay_options.ExpertParallel = None,
+    kv_dtype: replay_options.KvDtype = None,
     max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", help="The engine's sequence cap."),
     max_num_batched_tokens: int | None = typer.Option(None, "--max-num-batched-tokens",
                                                       help="The engine's token budget per iteration."),
@@ -56,7 +61,8 @@ def validate_cmd(
     from paretoserve.runs import RunWriter, read_run
 
     run = read_run(measured)
-    setup = run_setup(run, model=model, hardware=hardware, tp=tp, max_num_seqs=max_num_seqs,
+    setup = run_setup(run, model=model, hardware=hardware, tp=tp, pp=pp, dp=dp, expert_parallel=expert_parallel,
+                      kv_dtype=kv_dtype, max_num_seqs=max_num_seqs,
                       max_num_batched_tokens=max_num_batched_tokens, kv_tokens=kv_tokens)
     prof = load_profile(profile, device=setup.device.name) if profile is not None else None
     coefficients = prof.coefficients if prof else Coefficients()

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paretoserve.errors import UserError
+from paretoserve.metrics.records import RequestRecord
 from paretoserve.perf.constant import LinearStepModel
 from paretoserve.sim.api import simulate, simulate_run
 from paretoserve.sim.closed_loop import SteadyWindow
@@ -116,3 +117,21 @@ def test_closed_loop_needs_requests_beyond_the_window(tmp_path):
         simulate_run(config, tmp_path / "run")
     with pytest.raises(UserError, match="needs --requests"):
         simulate_run(config.model_copy(update={"requests": None}), tmp_path / "run")
+
+
+def test_cli_concurrency_closed_loop_and_capped_open_loop(tmp_path):
+    from typer.testing import CliRunner
+
+    import paretoserve.cli.commands  # noqa: F401  (registers the commands)
+    from paretoserve.cli.app import app
+
+    base = ["simulate", "--model", "SmolLM2-135M-Instruct", "--hardware", "l4", "--prompt", "fixed:64",
+            "--output", "fixed:8", "--requests", "40", "--concurrency", "4"]
+    closed = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "closed")])
+    assert closed.exit_code == 0, closed.output
+    assert json.loads((tmp_path / "closed" / "summary.json").read_text())["completed"] == 40 - 3 * 4
+    capped = CliRunner().invoke(app, [*base, "--arrival", "poisson", "--rate", "50", "--out", str(tmp_path / "open")])
+    assert capped.exit_code == 0, capped.output
+    lines = [json.loads(x) for x in (tmp_path / "open" / "requests.jsonl").read_text().splitlines()]
+    assert len(lines) == 40 and json.loads((tmp_path / "open" / "summary.json").read_text())["completed"] == 40
+    _check_users([RequestRecord.from_dict(x) for x in lines], 4)

@@ -24,8 +24,8 @@ from paretoserve.catalog.model import load_model
 from paretoserve.errors import UserError
 from paretoserve.perf.calibrated import Calibrated, Coefficients, load_step_model
 from paretoserve.perf.roofline import Roofline
-from paretoserve.perf.shape import PrefillChunk, StepShape
 from prereq import missing
+from paretoserve.perf.shape import PrefillChunk, StepShape
 
 H100 = load_device("h100_sxm")
 A100 = load_device("a100_sxm")

@@ -52,7 +52,7 @@ def known_run(tmp_path_factory):
 
 def test_calibrate_recovers_a_run_simulated_with_known_coefficients(known_run):
     setup = run_setup(read_run(known_run))
-    assert setup.settings() == SETTINGS
+    assert setup.settings() == {**SETTINGS, "dp": 1, "kv_dtype": "bf16"}
     result = fit_run(setup, max_evaluations=200)
     for metric, stats in result.fit.items():
         for stat, (predicted, measured) in stats.items():

@@ -145,3 +145,31 @@ def test_hugging_face_ids_resolve_to_bundled_names():
     assert load_model("Qwen/Qwen3-32B").name == "Qwen3-32B"
     with pytest.raises(UserError):
         load_model("someone/Llama")  # ambiguous or unknown ids are not guessed
+
+
+def test_modelopt_sidecar_makes_the_nvidia_llama_fp8(tmp_path):
+    # config.json of NVIDIA's FP8 Llama has no quantization_config; its hf_quant_config.json says FP8.
+    model = load_model("Llama-3.1-70B-Instruct-FP8")
+    assert json.loads(open(model.source).read()).get("quantization_config") is None
+    assert model.weight_dtype == "fp8"
+    assert "Llama-3.1-70B-Instruct-FP8.hf_quant_config" not in bundled_model_names()
+    # The same two files as a checkpoint folder.
+    (tmp_path / "config.json").write_text(open(model.source).read())
+    assert load_model(str(tmp_path)).weight_dtype == "bf16"
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "NVFP4"}}))
+    assert load_model(str(tmp_path)).weight_dtype == "fp4"
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "XYZ"}}))
+    with pytest.raises(UserError, match="quant_algo"):
+        load_model(str(tmp_path))
+
+
+def test_new_point_models_parse_with_their_dtypes():
+    # Checkpoint dtypes as published: FP8 (block) checkpoints, Kimi-K2.5's int4 experts.
+    assert load_model("MiniMax-M2.5").weight_dtype == "fp8"
+    assert load_model("Qwen3-235B-A22B-FP8").weight_dtype == "fp8"
+    assert load_model("Qwen/Qwen3-235B-A22B-FP8").name == "Qwen3-235B-A22B-FP8"
+    assert load_model("Kimi-K2.5").weight_dtype == "int4"
+    # MiniMax-M2.5: 62 layers, 256 experts, top-8 (its config.json), ~229 B parameters in all.
+    minimax = load_model("MiniMax-M2.5")
+    assert minimax.num_layers == 62 and minimax.is_moe
+    assert 225e9 < minimax.params.total < 232e9

@@ -156,9 +156,10 @@ def vllm_run_settings(folder: str | Path) -> dict[str, Any]:
     """Engine settings of a recorded vLLM run, from `<folder>/meta.json`.
 
     Keys (None when the file does not say): `max_num_seqs`, `max_num_batched_tokens`, `block_size`,
-    `gpu_memory_utilization`, `num_gpu_blocks`, `enable_prefix_caching`, `tp`, `model`,
-    `max_model_len`, `dtype`, `device_name`, `vllm_version`. Looked up in `engine_kwargs`, then
-    `kv_cache`, then vLLM's `resolved_config`.
+    `gpu_memory_utilization`, `num_gpu_blocks`, `enable_prefix_caching`, `tp`, `pp`, `dp` (data-
+    parallel engines, each with its own scheduler and KV cache), `expert_parallel`
+    (`enable_expert_parallel`), `kv_cache_dtype`, `model`, `max_model_len`, `dtype`, `device_name`,
+    `vllm_version`. Looked up in `engine_kwargs`, then `kv_cache`, then vLLM's `resolved_config`.
     """
     path = Path(folder) / "meta.json"
     meta = read_json(path)
@@ -181,6 +182,10 @@ def vllm_run_settings(folder: str | Path) -> dict[str, Any]:
         "enable_prefix_caching": _first((engine, "enable_prefix_caching"), (kv, "enable_prefix_caching"),
                                         (cache, "enable_prefix_caching")),
         "tp": _first((engine, "tensor_parallel_size"), (parallel, "tensor_parallel_size")),
+        "pp": _first((engine, "pipeline_parallel_size"), (parallel, "pipeline_parallel_size")),
+        "dp": _first((engine, "data_parallel_size"), (parallel, "data_parallel_size")),
+        "expert_parallel": _first((engine, "enable_expert_parallel"), (parallel, "enable_expert_parallel")),
+        "kv_cache_dtype": _first((engine, "kv_cache_dtype"), (kv, "cache_dtype"), (cache, "cache_dtype")),
         "model": _first((meta, "model"), (engine, "model")),
         "max_model_len": _first((engine, "max_model_len"),),
         "dtype": _first((engine, "dtype"),),

@@ -39,14 +39,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
 
 from paretoserve.catalog.device import DeviceSpec, load_device
+from paretoserve.catalog.dtypes import normalize_dtype
 from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.errors import UserError
 from paretoserve.metrics.records import RequestRecord
@@ -69,7 +70,7 @@ class RunSetup:
     Attributes:
         model: the served model.
         device: the accelerator it ran on.
-        tp: tensor-parallel degree; pp: pipeline stages.
+        tp: tensor-parallel degree; pp: pipeline stages (per replica).
         kv_tokens: KV-cache capacity in tokens (the engine's blocks × block size when recorded).
         block_size: tokens per KV block.
         max_num_seqs: engine cap on running sequences.
@@ -81,6 +82,11 @@ class RunSetup:
         max_in_flight: the load generator's cap on requests in flight (None: sent at the recorded
             times).
         scheduled_s: with a cap, when the load generator meant to send each request, by request id.
+        replicas: data-parallel engines (vLLM `--data-parallel-size`), each with `kv_tokens`,
+            `max_num_seqs` and `max_num_batched_tokens` of its own, behind a least-outstanding
+            router (vLLM's DP load balancing sends a request to the engine with the fewest waiting
+            and running requests).
+        kv_dtype: KV-cache format (None: bf16).
     """
 
     model: ModelSpec
@@ -97,10 +103,13 @@ class RunSetup:
     notes: dict[str, str] = field(default_factory=dict)
     max_in_flight: int | None = None
     scheduled_s: dict[str, float] = field(default_factory=dict)
+    replicas: int = 1
+    kv_dtype: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """The replay settings, for config files and reports."""
         return {"model": self.model.name, "hardware": self.device.name, "tp": self.tp, "pp": self.pp,
+                "dp": self.replicas, "kv_dtype": self.kv_dtype or "bf16",
                 "kv_tokens": self.kv_tokens, "block_size": self.block_size, "max_num_seqs": self.max_num_seqs,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "prefix_caching": self.prefix_caching}
 
@@ -112,8 +121,9 @@ def _engine_settings(config: dict[str, Any]) -> dict[str, Any]:
         kv = None
         if type(e.get("num_gpu_blocks")) is int and type(e.get("block_size")) is int:
             kv = e["num_gpu_blocks"] * e["block_size"]
-        return {"model": e.get("model"), "hardware": e.get("device_name"), "tp": e.get("tp"),
-                "max_num_seqs": e.get("max_num_seqs"),
+        return {"model": e.get("model"), "hardware": e.get("device_name"), "tp": e.get("tp"), "pp": e.get("pp"),
+                "dp": e.get("dp"), "expert_parallel": e.get("expert_parallel"),
+                "kv_dtype": e.get("kv_cache_dtype"), "max_num_seqs": e.get("max_num_seqs"),
                 "max_num_batched_tokens": e.get("max_num_batched_tokens"),
                 "block_size": e.get("block_size"), "prefix_caching": e.get("enable_prefix_caching"),
                 "kv_tokens": kv}
@@ -121,6 +131,7 @@ def _engine_settings(config: dict[str, Any]) -> dict[str, Any]:
         s = config["simulate"]
         derived = (config.get("derived") or {}).get("replica") or {}
         return {"model": s.get("model"), "hardware": s.get("hardware"), "tp": s.get("tp"), "pp": s.get("pp"),
+                "dp": s.get("replicas"), "kv_dtype": s.get("kv_dtype"),
                 "max_num_seqs": s.get("max_num_seqs"),
                 "max_num_batched_tokens": s.get("max_num_batched_tokens"),
                 "block_size": s.get("block_size"), "prefix_caching": s.get("prefix_caching"),
@@ -144,11 +155,13 @@ def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None
               pp: int | None = None, max_num_seqs: int | None = None,
               max_num_batched_tokens: int | None = None, kv_tokens: int | None = None,
               block_size: int | None = None, prefix_caching: bool | None = None,
-              gpu_memory_utilization: float = 0.9) -> RunSetup:
+              gpu_memory_utilization: float = 0.9, dp: int | None = None,
+              expert_parallel: bool | None = None, kv_dtype: str | None = None) -> RunSetup:
     """The replay setup of a measured run; arguments override what the run folder records.
 
-    Raises `UserError` when the run has no completed request with first/last-token timestamps, or
-    when the model or device is neither recorded nor given.
+    Raises `UserError` when the run has no completed request with first/last-token timestamps, when
+    the model or device is neither recorded nor given, or when the run needs what the latency model
+    lacks: expert parallelism on an MoE model (replaying it without would predict another deployment).
     """
     from paretoserve.perf.memory import kv_capacity
 
@@ -193,7 +206,14 @@ def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None
                             field=name)
         return value
 
-    tp_, pp_ = count("tp", tp, 1), count("pp", pp, 1)
+    tp_, pp_, replicas = count("tp", tp, 1), count("pp", pp, 1), count("dp", dp, 1)
+    if bool(pick("expert_parallel", expert_parallel, False)) and spec.is_moe:
+        raise UserError(f"the run served the MoE model {spec.name} with expert parallelism (EP {tp_ * replicas} = "
+                        f"TP {tp_} × DP {replicas}); the latency model has no expert parallelism yet, so it "
+                        "cannot replay this run (pass --no-expert-parallel only if the run did not use it)",
+                        file=where)
+    kv_format = pick("kv_dtype", kv_dtype)
+    kv_format = None if kv_format is None else normalize_dtype(str(kv_format))
     seqs = count("max_num_seqs", max_num_seqs, 256)
     batched = count("max_num_batched_tokens", max_num_batched_tokens, 8192)
     block = count("block_size", block_size, 16)
@@ -201,7 +221,7 @@ def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None
     kv = count("kv_tokens", kv_tokens)
     if kv is None:
         kv = kv_capacity(spec, device, tp=tp_, pp=pp_, gpu_memory_utilization=gpu_memory_utilization,
-                         max_num_batched_tokens=batched, max_num_seqs=seqs).tokens
+                         kv_dtype=kv_format, max_num_batched_tokens=batched, max_num_seqs=seqs).tokens
         notes["kv_tokens"] = f"kv_capacity at gpu_memory_utilization={gpu_memory_utilization}"
     requests = sorted((Request(r.request_id, r.arrival_s, max(1, r.prompt_tokens), max(1, r.output_tokens))
                        for r in timed), key=lambda q: (q.arrival_s, q.request_id))
@@ -213,92 +233,35 @@ def run_setup(run: Run, *, model: str | None = None, hardware: str | None = None
             scheduled[r.request_id] = 0.0 if closed else r.arrival_s - float(lag or 0.0)
         notes["max_in_flight"] = f"run folder: {'closed loop of' if closed else 'at most'} {cap} in flight"
     return RunSetup(spec, device, tp_, pp_, int(kv), block, seqs, batched, prefix, requests,
-                    {r.request_id: r for r in timed}, notes, cap, scheduled)
+                    {r.request_id: r for r in timed}, notes, cap, scheduled, replicas, kv_format)
 
 
 def simulate_setup(setup: RunSetup, step_model: Any) -> list[RequestRecord]:
-    """Replay the run's requests with `step_model`; one record per request."""
+    """Replay the run's requests with `step_model`; one record per request.
+
+    With a cap on requests in flight, the requests go out in their recorded order, each at its
+    scheduled time or when a completion frees a slot (`paretoserve.sim.closed_loop.CappedClient`).
+    """
     from paretoserve.sim.api import simulate
 
-    client = None if setup.max_in_flight is None else _CappedClient(setup)
-    sim = simulate(setup.requests if client is None else client.requests(), step_model=step_model,
+    requests = setup.requests
+    if setup.max_in_flight is not None:
+        requests = [replace(q, arrival_s=setup.scheduled_s.get(q.request_id, q.arrival_s)) for q in requests]
+    sim = simulate(requests, step_model=step_model,
                    kv_tokens=setup.kv_tokens, block_size=setup.block_size, policy="vllm",
                    max_num_seqs=setup.max_num_seqs, max_num_batched_tokens=setup.max_num_batched_tokens,
                    prefix_caching=setup.prefix_caching,
                    max_model_len=max(setup.model.max_position_embeddings,
                                      max(q.prompt_tokens + q.output_tokens for q in setup.requests)),
-                   devices=setup.tp * setup.pp)
-    return list(sim) if client is None else client.run(sim)
-
-
-@dataclass(slots=True)
-class _Send:
-    """A request as the replayed load generator sends it: `Request`'s fields, with an `arrival_s`
-    (the send time) that stays `math.inf` until a slot frees. The simulator reads the next request's
-    arrival afresh at every event, so settling it between two events is seen at once."""
-
-    request_id: str
-    arrival_s: float
-    prompt_tokens: int
-    output_tokens: int
-    prefix_hashes: tuple[int, ...] = ()
-    prefix_block_tokens: int = 512
-    session_id: str | None = None
-    slo_class: str | None = None
-    priority: int = 0
-
-
-class _CappedClient:
-    """The load generator of a capped run, replayed inside the simulation (module docstring).
-
-    Requests go out in their recorded order; one is sent at max(its scheduled time, the previous
-    send) when fewer than `max_in_flight` are in flight, else at the completion that frees a slot.
-    A completion is seen as the simulation streams its record, before the simulator's next event.
-    """
-
-    def __init__(self, setup: RunSetup) -> None:
-        self.setup = setup
-        self.cap = int(setup.max_in_flight or 1)
-        self.sent = self.done = 0
-        self.last_send = 0.0
-        self.waiting: tuple[_Send, float] | None = None
-
-    def _send(self, item: _Send, scheduled: float, now: float) -> None:
-        item.arrival_s = self.last_send = max(scheduled, self.last_send, now)
-        self.sent += 1
-
-    def requests(self) -> Iterator[_Send]:
-        """The requests to simulate, each settled or waiting for a slot when the simulator asks."""
-        for q in self.setup.requests:
-            item = _Send(q.request_id, math.inf, q.prompt_tokens, q.output_tokens, q.prefix_hashes,
-                         q.prefix_block_tokens, q.session_id, q.slo_class, q.priority)
-            scheduled = self.setup.scheduled_s.get(q.request_id, q.arrival_s)
-            if self.sent - self.done < self.cap:
-                self._send(item, scheduled, 0.0)
-            else:
-                self.waiting = (item, scheduled)
-            yield item
-
-    def run(self, sim: Iterable[RequestRecord]) -> list[RequestRecord]:
-        """Consume the simulation, sending a waiting request when a completion frees its slot."""
-        records = []
-        for record in sim:
-            records.append(record)
-            self.done += 1
-            if self.waiting is not None and self.sent - self.done < self.cap:
-                item, scheduled = self.waiting
-                self.waiting = None
-                end = record.last_token_s if record.last_token_s is not None else record.arrival_s
-                self._send(item, scheduled, end)
-        if len(records) != len(self.setup.requests) or any(math.isinf(r.arrival_s) for r in records):
-            raise RuntimeError("capped replay: the simulation did not send every request")
-        return records
+                   devices=setup.tp * setup.pp, concurrency=setup.max_in_flight, replicas=setup.replicas,
+                   router="least_outstanding")
+    return list(sim)
 
 
 def step_model_for(setup: RunSetup, kernels: dict | None, coefficients: Coefficients) -> Calibrated:
     """The calibrated step model of the run's deployment."""
-    return Calibrated(setup.model, setup.device, tp=setup.tp, pp=setup.pp, kernels=kernels,
-                      coefficients=coefficients)
+    return Calibrated(setup.model, setup.device, tp=setup.tp, pp=setup.pp, kv_dtype=setup.kv_dtype,
+                      kernels=kernels, coefficients=coefficients)
 
 
 def _values(records: Iterable[RequestRecord], metric: str, ids: set[str] | None) -> np.ndarray:

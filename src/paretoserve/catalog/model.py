@@ -233,6 +233,11 @@ class ModelSpec:
             active += count * layer_active
         return ParamCount(total=total, active=active, embedding=embedding, lm_head=lm_head)
 
+    @property
+    def is_moe(self) -> bool:
+        """True when any layer routes tokens to experts."""
+        return any(layer.mlp.kind == "moe" for layer, _ in self.layer_groups)
+
     def kv_bytes_per_token(self, kv_dtype: str = "bf16") -> float:
         """KV-cache bytes per token of context for the whole model, ignoring window caps."""
         values = sum(layer.attention.kv_values_per_token() * n for layer, n in self.layer_groups)
@@ -262,7 +267,8 @@ _WEIGHT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 def bundled_model_names() -> list[str]:
     """Names of the model configs shipped with paretoserve."""
     folder = resources.files("paretoserve.catalog") / "models"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+    return sorted(p.name[:-5] for p in folder.iterdir()
+                  if p.name.endswith(".json") and not p.name.endswith(_QUANT_SIDECAR))
 
 
 def load_model(name_or_path: str) -> ModelSpec:
@@ -316,7 +322,7 @@ def parse_config(path: Path, *, name: str) -> ModelSpec:
         layers=_layers(cfg),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", raw.get("tie_word_embeddings", False))),
         max_position_embeddings=cfg.int("max_position_embeddings", 4096),
-        weight_dtype=_weight_dtype(cfg, raw),
+        weight_dtype=_sidecar_dtype(path) or _weight_dtype(cfg, raw),
         source=str(path),
     )
 
@@ -414,6 +420,41 @@ def _architecture(cfg: _Config, raw: dict[str, Any]) -> str:
     return names[0] if names else str(cfg.get("model_type", "unknown"))
 
 
+#: The quantization file a ModelOpt checkpoint ships beside its config.json (`hf_quant_config.json`;
+#: bundled as `<name>.hf_quant_config.json`): it, not config.json, says such a checkpoint is FP8.
+_QUANT_SIDECAR = "hf_quant_config.json"
+_MODELOPT_ALGOS = {"fp8": "fp8", "fp8_pb_wo": "fp8", "fp8_block": "fp8", "nvfp4": "fp4", "nvfp4_awq": "fp4",
+                   "int8_sq": "int8", "int8_wo": "int8", "w4a16_awq": "int4", "w4a8_awq": "int4",
+                   "int4_awq": "int4"}
+
+
+def _sidecar_dtype(path: Path) -> str | None:
+    """The weight dtype a ModelOpt `hf_quant_config.json` beside `path` states (None: no such file)."""
+    sidecar = path.with_name(_QUANT_SIDECAR if path.name == "config.json"
+                             else f"{path.name.removesuffix('.json')}.{_QUANT_SIDECAR}")
+    if not sidecar.is_file():
+        return None
+    try:
+        algo = read_json(sidecar)["quantization"]["quant_algo"]
+    except (KeyError, TypeError):
+        raise UserError("expected a ModelOpt quantization file with quantization.quant_algo",
+                        file=str(sidecar), field="quantization.quant_algo") from None
+    dtype = _MODELOPT_ALGOS.get(str(algo).lower())
+    if dtype is None:
+        raise UserError(f"unknown ModelOpt quant_algo {algo!r}; known: {', '.join(_MODELOPT_ALGOS)}",
+                        file=str(sidecar), field="quantization.quant_algo")
+    return dtype
+
+
+def _compressed_tensors_bits(quant: dict[str, Any]) -> int | None:
+    """Weight bits of a compressed-tensors config whose groups all quantise weights alike."""
+    groups = quant.get("config_groups")
+    if not isinstance(groups, dict):
+        return None
+    bits = {((g or {}).get("weights") or {}).get("num_bits") for g in groups.values()}
+    return bits.pop() if len(bits) == 1 and isinstance(next(iter(bits)), int) else None
+
+
 def _weight_dtype(cfg: _Config, raw: dict[str, Any]) -> str:
     quant = _Config(raw, cfg.file).mapping("quantization_config") or cfg.mapping("quantization_config")
     method = str(quant.get("quant_method", "")).lower()
@@ -423,6 +464,8 @@ def _weight_dtype(cfg: _Config, raw: dict[str, Any]) -> str:
         return "fp4"
     if method in ("awq", "gptq") or quant.get("bits") == 4:
         return "int4"
+    if method == "compressed-tensors" and _compressed_tensors_bits(quant) == 4:
+        return "int4"  # e.g. Kimi-K2.5: int4 routed experts (the bulk of the weights)
     dtype = str(cfg.get("torch_dtype", cfg.get("dtype", "bfloat16")))
     return _WEIGHT_DTYPES.get(dtype, "bf16")
 

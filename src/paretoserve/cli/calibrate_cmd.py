@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from paretoserve.cli import replay_options
 from paretoserve.cli.app import app, console
 from paretoserve.errors import UserError
 
@@ -53,6 +54,10 @@ def calibrate_cmd(
     model: str | None = typer.Option(None, "--model", "-m",
                                      help="With --from: the served model, if the run does not record it."),
     tp: int | None = typer.Option(None, "--tp", help="With --from: tensor-parallel degree of the run."),
+    pp: replay_options.Pp = None,
+    dp: replay_options.Dp = None,
+    expert_parallel: replay_options.ExpertParallel = None,
+    kv_dtype: replay_options.KvDtype = None,
     max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", help="With --from: the engine's cap."),
     max_num_batched_tokens: int | None = typer.Option(None, "--max-num-batched-tokens",
                                                       help="With --from: the engine's token budget."),
@@ -69,9 +74,9 @@ def calibrate_cmd(
     if from_run is not None:
         if kernels is not None:
             raise UserError("give either --kernels DIR or --from RUN, not both")
-        _calibrate_run(from_run, out, profile, fit_fraction, model=model, hardware=hardware, tp=tp,
-                       max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                       kv_tokens=kv_tokens)
+        _calibrate_run(from_run, out, profile, fit_fraction, model=model, hardware=hardware, tp=tp, pp=pp, dp=dp,
+                       expert_parallel=expert_parallel, kv_dtype=kv_dtype, max_num_seqs=max_num_seqs,
+                       max_num_batched_tokens=max_num_batched_tokens, kv_tokens=kv_tokens)
         return
     if kernels is None:
         raise UserError("give --kernels DIR (measured kernel tables) or --from RUN (a measured run folder)")

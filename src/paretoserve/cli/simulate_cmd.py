@@ -54,9 +54,15 @@ def simulate_cmd(
     requests: int | None = typer.Option(None, "--requests", "-n", min=1, help="At most N requests."),
     duration: float | None = typer.Option(None, "--duration", help="Only arrivals before S seconds."),
     prompt: str | None = typer.Option(None, "--prompt",
-                                      help="Prompt lengths: N, uniform:A:B or lognormal:MEAN:SIGMA."),
+                                      help="Prompt lengths: N, fixed:N, uniform:A:B or lognormal:MEAN:SIGMA."),
     output: str | None = typer.Option(None, "--output", help="Output lengths (same forms as --prompt)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic workload."),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", min=1,
+        help="Alone: a closed loop of C users, each sending its next request when its previous one "
+             "completes (like vllm bench serve --max-concurrency); needs --requests; the first 2C and "
+             "last C completions (warm-up, cool-down) are left out of the summary. With "
+             "--rate/--arrival: at most C in flight."),
     policy: str = typer.Option("vllm", "--policy", help=f"Scheduling policy: {', '.join(POLICY_NAMES)}."),
     policy_option: Annotated[list[str] | None,
                              typer.Option("--policy-option", help="KEY=NUMBER, repeatable.")] = None,
@@ -88,7 +94,7 @@ def simulate_cmd(
             model=model, hardware=hardware, tp=tp, pp=pp, replicas=replicas, router=router, disagg=disagg,
             prefill_tp=prefill_tp, decode_tp=decode_tp, trace=trace, arrival=arrival, rate=rate,
             rate_scale=rate_scale, requests=requests, duration_s=duration, prompt=prompt, output=output,
-            seed=seed, policy=policy, policy_options=_policy_options(policy_option or []),
+            seed=seed, concurrency=concurrency, policy=policy, policy_options=_policy_options(policy_option or []),
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             gpu_memory_utilization=gpu_memory_utilization, kv_tokens=kv_tokens, block_size=block_size,
             prefix_caching=not no_prefix_caching, weight_dtype=weight_dtype, kv_dtype=kv_dtype, profile=profile,

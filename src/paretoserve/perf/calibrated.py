@@ -53,6 +53,7 @@ from paretoserve.perf.roofline import (
     _Op,
     _sum_line,
     _sum_max_lines,
+    gemm_compute_dtype,
     ops_seconds,
 )
 from paretoserve.perf.shape import Bound, OpTime, StepShape, StepTime
@@ -112,7 +113,7 @@ class Calibrated(StepTimeModel):
         self.model, self.device, self.tp, self.pp = model, device, tp, pp
         self.weight_dtype, self.kv_dtype = self.roof.weight_dtype, self.roof.kv_dtype
         self.kernels = dict(kernels or {})
-        self.compute_dtype = "fp8" if self.weight_dtype in ("fp8", "fp4") else "bf16"
+        self.compute_dtype = gemm_compute_dtype(self.weight_dtype)
         self.gemm_group = gemm_dtype or ("fp8" if self.compute_dtype == "fp8" else "bfloat16")
         self.window = self.roof.window
         self._gemms, self._attn, self._allreduce = self._table_ops()

@@ -90,7 +90,7 @@ class Roofline(StepTimeModel):
         self.kv_dtype = normalize_dtype(kv_dtype or "bf16")
         self.eff = efficiency or Efficiency()
         self.act_bytes = 2.0
-        compute_dtype = "fp8" if self.weight_dtype in ("fp8", "fp4") else "bf16"
+        compute_dtype = gemm_compute_dtype(self.weight_dtype)
         self.gemm_peak = device.peak_flops(compute_dtype) * self.eff.gemm
         self.attn_peak = device.peak_flops("bf16") * self.eff.attention
         self.mem_bw = device.mem_bandwidth * self.eff.memory
@@ -398,6 +398,11 @@ def _sum_line(a: float, b: float, lo: int, hi: int) -> float:
     if n <= 0:
         return 0.0
     return n * a + b * (lo + hi - 1) * n / 2
+
+
+def gemm_compute_dtype(weight_dtype: str) -> str:
+    """The dtype the step models compute weight GEMMs in: fp8 for fp8 and fp4 weights, else bf16."""
+    return "fp8" if normalize_dtype(weight_dtype) in ("fp8", "fp4") else "bf16"
 
 
 def check_parallelism(model: ModelSpec, tp: int, pp: int) -> None:

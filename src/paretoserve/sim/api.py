@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
+from paretoserve.errors import UserError
 from paretoserve.metrics.slo import parse_slo
 from paretoserve.metrics.summary import Summary, SummaryBuilder
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.runs import RunWriter
+from paretoserve.sim.closed_loop import SteadyWindow
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.deployment import build_deployment
 from paretoserve.sim.energy import ACTIVITY_NOTE, cost_usd, energy_joules
@@ -33,7 +36,8 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
              swap_bandwidth: float = 0.0, max_model_len: int | None = None, devices: int = 1,
              replicas: int = 1, router: str = "round_robin", disagg: DisaggConfig | None = None,
              fast: bool = True, on_itl: Callable[[float, int], None] | None = None,
-             on_iteration: Callable[[IterationRow], None] | None = None) -> Simulation:
+             on_iteration: Callable[[IterationRow], None] | None = None,
+             concurrency: int | None = None) -> Simulation:
     """Simulate serving `requests` (sorted by arrival) and stream one `RequestRecord` per request.
 
     Every replica runs `step_model` with `kv_tokens` tokens of KV cache (see `EngineConfig` for the
@@ -42,7 +46,10 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
     needed). Iterate the returned `Simulation` for the records (in completion order) and read its
     `stats` afterwards. `on_itl(gap_s, count)` receives every inter-token gap; `on_iteration`
     receives one row per engine step. `fast=False` takes every iteration one at a time (the
-    reference for the fast path).
+    reference for the fast path). `concurrency` caps the requests in flight: each is sent at
+    max(its `arrival_s`, the previous send, a free slot) — with every arrival at 0, a closed loop of
+    that many users, each sending its next request when its previous one completes (see
+    `paretoserve.sim.closed_loop`).
 
     Example:
         >>> from paretoserve.perf.constant import LinearStepModel
@@ -62,7 +69,7 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
             kv_bytes_per_token=kv_bytes_per_token, swap_bandwidth=swap_bandwidth,
             max_model_len=max_model_len, devices=devices)
     return Simulation(requests, engine=engine, replicas=replicas, router=router, disagg=disagg,
-                      fast=fast, on_itl=on_itl, on_iteration=on_iteration)
+                      fast=fast, on_itl=on_itl, on_iteration=on_iteration, concurrency=concurrency)
 
 
 def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
@@ -74,26 +81,33 @@ def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
 
     The folder holds config.yaml (the config and the derived deployment figures), requests.jsonl
     (one record per request, in completion order), summary.json and, with
-    `config.iteration_trace`, iterations.csv. Nothing is left at `out_dir` if the run fails or is
+    `config.iteration_trace`, iterations.csv. A closed-loop run (`config.closed_loop`) sends its
+    `requests` requests from `concurrency` users and summarises only the measured ones (the
+    `SteadyWindow` rule: the first 2·C and the last C completions are warm-up and cool-down; they
+    stay in requests.jsonl marked `extra.phase`, and ITL counts the steps taken between the two).
+    Nothing is left at `out_dir` if the run fails or is
     interrupted. `progress(simulated_s, requests_done)` is called every few hundred requests.
     Everything is deterministic: the same config gives byte-identical files.
     """
     deployment = build_deployment(config)
     slo = parse_slo(config.slo) if config.slo else None
-    workload = iter_workload(config.trace, arrival=config.arrival, rate=config.rate,
-                             rate_scale=config.rate_scale, requests=config.requests,
-                             duration_s=config.duration_s, prompt=config.prompt, output=config.output,
-                             seed=config.seed, max_context=deployment.model.max_position_embeddings)
+    window = _window(config)
+    workload = _workload(config, deployment.model.max_position_embeddings)
     builder = SummaryBuilder(slo)
     trace_file: list[TextIO] = []
+
+    def on_itl(value_s: float, count: int) -> None:
+        if window is None or window.measuring:
+            builder.add_itl(value_s, count)
 
     def on_iteration(row: IterationRow) -> None:
         trace_file[0].write(row.csv_line() + "\n")
 
     engine = deployment.engine
     sim = Simulation(workload, engine=engine, replicas=deployment.replicas, router=config.router,
-                     disagg=deployment.disagg, fast=config.fast, on_itl=builder.add_itl,
-                     on_iteration=on_iteration if config.iteration_trace else None)
+                     disagg=deployment.disagg, fast=config.fast, on_itl=on_itl,
+                     on_iteration=on_iteration if config.iteration_trace else None,
+                     concurrency=config.concurrency)
     record_config = {
         "command": "simulate",
         "paretoserve_version": importlib.metadata.version("paretoserve"),
@@ -109,8 +123,9 @@ def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
         try:
             done = 0
             for record in sim:
+                if window is None or window.measured(record):
+                    builder.add(record)
                 writer.add(record)
-                builder.add(record)
                 done += 1
                 if progress is not None and done % _PROGRESS_EVERY == 0:
                     progress(sim.now, done)
@@ -125,3 +140,29 @@ def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
                                  cost_usd=cost_usd(stats, deployment.device), estimated=True)
         writer.finish(summary)
     return summary
+
+
+def _window(config: SimulateConfig) -> SteadyWindow | None:
+    """The measured window of a closed-loop run (None: every request is summarised)."""
+    if not config.closed_loop:
+        return None
+    if config.requests is None:
+        raise UserError("a closed-loop run (--concurrency without a rate) needs --requests", field="requests")
+    if config.duration_s is not None:
+        raise UserError("a closed-loop run is sized by --requests, not --duration", field="duration_s")
+    assert config.concurrency is not None
+    return SteadyWindow(config.concurrency, config.requests)
+
+
+def _workload(config: SimulateConfig, max_context: int) -> Iterator[Request]:
+    """The requests of `config`; in a closed loop all due at 0 s (the users send them in order)."""
+    if not config.closed_loop:
+        return iter_workload(config.trace, arrival=config.arrival, rate=config.rate,
+                             rate_scale=config.rate_scale, requests=config.requests,
+                             duration_s=config.duration_s, prompt=config.prompt, output=config.output,
+                             seed=config.seed, max_context=max_context)
+    source = iter_workload(config.trace, arrival="trace" if config.trace else "constant",
+                           rate=None if config.trace else 1.0, requests=config.requests,
+                           duration_s=config.duration_s, prompt=config.prompt, output=config.output,
+                           seed=config.seed, max_context=max_context)
+    return (replace(r, arrival_s=0.0) for r in source)

@@ -16,6 +16,7 @@ from heapq import heappop, heappush
 
 from paretoserve.errors import UserError
 from paretoserve.metrics.records import RequestRecord
+from paretoserve.sim.closed_loop import CappedClient
 from paretoserve.sim.cluster import build_pools, decode_router, make_router
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.iteration import IterationRow
@@ -99,13 +100,18 @@ class Simulation:
         fast: fast-forward decode runs (False: reference, one iteration at a time).
         on_itl: receives (gap seconds, count) for every inter-token gap.
         on_iteration: receives an `IterationRow` per step.
+        concurrency: at most this many requests in flight, each sent no earlier than its
+            `arrival_s` (all arrivals 0: a closed loop of that many users); see `CappedClient`.
+            Records then carry `extra["user"]`.
     """
 
     def __init__(self, requests: Iterable[Request], *, engine: EngineConfig | None, replicas: int = 1,
                  router: str = "round_robin", disagg: DisaggConfig | None = None, fast: bool = True,
                  on_itl: Callable[[float, int], None] | None = None,
-                 on_iteration: Callable[[IterationRow], None] | None = None) -> None:
-        self._requests = requests
+                 on_iteration: Callable[[IterationRow], None] | None = None,
+                 concurrency: int | None = None) -> None:
+        self._client = None if concurrency is None else CappedClient(requests, concurrency)
+        self._requests = requests if self._client is None else self._client.requests()
         self._outbox: list[RequestRecord] = []
         self._heap: list[tuple[float, int, int, object, int]] = []
         self._pushes = 0
@@ -203,6 +209,9 @@ class Simulation:
             else:
                 break
             if outbox:
+                if self._client is not None:
+                    for record in outbox:
+                        self._client.completed(record)
                 yield from outbox
                 outbox.clear()
 

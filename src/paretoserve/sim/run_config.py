@@ -17,7 +17,10 @@ class SimulateConfig(BaseModel):
     datasheet roofline), KV memory from `gpu_memory_utilization` (or `kv_tokens` per replica
     to override the memory model), `block_size`, `prefix_caching`, `weight_dtype`, `kv_dtype`.
     Workload (see `paretoserve.workload.synthetic.iter_workload`): `trace`, `arrival`, `rate` or
-    `rate_scale`, `requests`, `duration_s`, `prompt`, `output`, `seed`. Reporting: `slo`,
+    `rate_scale`, `requests`, `duration_s`, `prompt`, `output`, `seed`; `concurrency` caps the
+    requests in flight, and alone (no rate, rate scale or arrival process) makes the run a closed
+    loop of that many users over `requests` requests, summarised without warm-up and cool-down
+    (`paretoserve.sim.closed_loop.SteadyWindow`). Reporting: `slo`,
     `activity` (energy model), `iteration_trace`; `fast=False` simulates iteration by iteration.
     """
 
@@ -41,6 +44,7 @@ class SimulateConfig(BaseModel):
     prompt: str | None = None
     output: str | None = None
     seed: int = 0
+    concurrency: int | None = Field(None, ge=1)
     policy: str = "vllm"
     policy_options: dict[str, float] = Field(default_factory=dict)
     max_num_seqs: int = Field(256, ge=1)
@@ -56,3 +60,9 @@ class SimulateConfig(BaseModel):
     activity: float = Field(DEFAULT_ACTIVITY, ge=0, le=1)
     iteration_trace: bool = False
     fast: bool = True
+
+    @property
+    def closed_loop(self) -> bool:
+        """A fixed-concurrency run: a concurrency and no rate, rate scale or arrival process."""
+        return (self.concurrency is not None and self.rate is None and self.rate_scale is None
+                and self.arrival == "trace")

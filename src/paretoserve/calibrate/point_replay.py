@@ -1,0 +1,146 @@
+"""Predict measured serving points (`paretoserve.calibrate.points`) and summarise the errors.
+
+`predict_point` simulates a supported point as the closed loop it was measured with: C users over
+`rounds` × C requests of exactly ISL prompt and OSL output tokens, all due at 0 s, summarised
+without warm-up and cool-down (`paretoserve.sim.closed_loop.SteadyWindow`: the first 2C and the
+last C completions), so `rounds` must be at least 4. The predicted figures are the means over the
+measured requests of TTFT and of per-request TPOT, as aiperf reports them.
+
+`error_summary` gives, per group (model × engine × mode) and overall, the coverage and for TTFT and
+TPOT the median and p90 of |error| and the mean signed error, error = (predicted − measured) /
+measured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from paretoserve.calibrate.points import PointDeployment, Role
+from paretoserve.catalog.device import load_device
+from paretoserve.sim.closed_loop import SteadyWindow
+from paretoserve.sim.config import DisaggConfig, EngineConfig
+from paretoserve.sim.deployment import build_deployment, kv_link
+from paretoserve.sim.engine import Simulation
+from paretoserve.sim.run_config import SimulateConfig
+from paretoserve.workload.request import Request
+
+ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class PointPrediction:
+    """A point with its predicted means (None when the point is unsupported).
+
+    Attributes:
+        point: the deployment.
+        ttft_s, tpot_s: predicted mean TTFT and TPOT in seconds, or None.
+    """
+
+    point: PointDeployment
+    ttft_s: float | None
+    tpot_s: float | None
+
+    def error(self, metric: str) -> float | None:
+        """(predicted − measured) / measured of "ttft" or "tpot" (None when not predicted)."""
+        predicted = getattr(self, f"{metric}_s")
+        measured = getattr(self.point, f"measured_{metric}_s")
+        return None if predicted is None else predicted / measured - 1.0
+
+
+def _engine(point: PointDeployment, role: Role, profile: str | None) -> EngineConfig:
+    """The engine of one instance of `role`."""
+    assert point.model is not None and point.hardware is not None and point.policy is not None
+    config = SimulateConfig(model=point.model, hardware=point.hardware, tp=role.tp, pp=role.pp,
+                            policy=point.policy, max_num_seqs=role.max_num_seqs,
+                            max_num_batched_tokens=role.max_num_batched_tokens, prefix_caching=False,
+                            weight_dtype=point.weight_dtype, kv_dtype=point.kv_dtype, profile=profile)
+    deployment = build_deployment(config)
+    assert deployment.engine is not None
+    return deployment.engine
+
+
+def predict_point(point: PointDeployment, *, profile: str | None = None,
+                  rounds: int = ROUNDS) -> PointPrediction:
+    """Simulate a supported point (module docstring); an unsupported one comes back unpredicted."""
+    if point.unsupported is not None:
+        return PointPrediction(point, None, None)
+    users = point.concurrency
+    total = users * rounds
+    window = SteadyWindow(users, total)
+    requests = [Request(str(i), 0.0, point.isl, point.osl) for i in range(total)]
+    if point.mode == "agg":
+        (role,) = point.roles
+        sim = Simulation(requests, engine=_engine(point, role, profile), concurrency=users)
+    else:
+        prefill_role, decode_role = point.roles
+        prefill, decode = _engine(point, prefill_role, profile), _engine(point, decode_role, profile)
+        bandwidth, latency, _ = kv_link(load_device(point.hardware or ""), prefill_role.workers,
+                                        prefill_role.tp, decode_role.workers, decode_role.tp, decode_role.pp)
+        disagg = DisaggConfig(prefill_role.workers, decode_role.workers, prefill, decode,
+                              kv_bytes_per_token=prefill.kv_bytes_per_token, link_bandwidth=bandwidth,
+                              link_latency=latency)
+        sim = Simulation(requests, engine=None, disagg=disagg, router="least_outstanding", concurrency=users)
+    ttft, tpot = [], []
+    for record in sim:
+        if window.measured(record) and record.ok:
+            ttft.append(record.ttft_s)
+            if record.tpot_s is not None:
+                tpot.append(record.tpot_s)
+    return PointPrediction(point, float(np.mean(ttft)) if ttft else None,
+                           float(np.mean(tpot)) if tpot else None)
+
+
+def predict_points(points: Sequence[PointDeployment], *, profile: str | None = None, rounds: int = ROUNDS,
+                   progress: Callable[[int], None] | None = None) -> list[PointPrediction]:
+    """`predict_point` for every point, in order; `progress(done)` after each."""
+    out = []
+    for i, point in enumerate(points):
+        out.append(predict_point(point, profile=profile, rounds=rounds))
+        if progress is not None:
+            progress(i + 1)
+    return out
+
+
+def _stats(errors: list[float]) -> dict[str, float | None]:
+    if not errors:
+        return {"median_abs": None, "p90_abs": None, "mean_signed": None}
+    values = np.array(errors, dtype=float)
+    return {"median_abs": float(np.median(np.abs(values))), "p90_abs": float(np.percentile(np.abs(values), 90)),
+            "mean_signed": float(values.mean())}
+
+
+def _summary(predictions: list[PointPrediction]) -> dict[str, object]:
+    predicted = [p for p in predictions if p.ttft_s is not None]
+    out: dict[str, object] = {"rows": len(predictions), "predicted": len(predicted),
+                              "coverage": len(predicted) / len(predictions) if predictions else 0.0}
+    for metric in ("ttft", "tpot"):
+        errors = [e for p in predicted if (e := p.error(metric)) is not None and math.isfinite(e)]
+        out[metric] = _stats(errors)
+    return out
+
+
+def error_summary(predictions: Iterable[PointPrediction]) -> dict[str, object]:
+    """{"overall": {...}, "groups": [{"model", "engine", "mode", ...}], "unsupported": {reason: rows}}.
+
+    "unsupported" counts the rows lacking each feature (a row may lack several: its reason joins
+    them with "; ").
+
+    Each entry holds rows, predicted, coverage and, for "ttft" and "tpot", median_abs, p90_abs and
+    mean_signed relative errors (None without predicted rows).
+    """
+    predictions = list(predictions)
+    groups: dict[tuple[str, str, str], list[PointPrediction]] = {}
+    reasons: dict[str, int] = {}
+    for p in predictions:
+        groups.setdefault(p.point.group, []).append(p)
+        for reason in (p.point.unsupported or "").split("; "):
+            if reason:
+                reasons[reason] = reasons.get(reason, 0) + 1
+    return {"overall": _summary(predictions),
+            "groups": [{"model": m, "engine": e, "mode": mode, **_summary(items)}
+                       for (m, e, mode), items in sorted(groups.items())],
+            "unsupported": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}

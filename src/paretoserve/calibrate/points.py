@@ -1,0 +1,300 @@
+"""Measured serving points (AIC's `silicon_sample.csv` schema) → the deployments they ran.
+
+Each row is a closed-loop benchmark at fixed concurrency with fixed input/output lengths
+(`../shared/reference/engine_facts.md` §1). `map_row` turns a row into a `PointDeployment`, a pure
+function of the row: the engine and its policy, the weight / KV / compute dtypes, the per-role
+layout (TP, PP, attention-DP, MoE-TP, EP, worker count, batch size), the engine caps, the concurrency
+and lengths, and the measured mean TTFT and TPOT in seconds. Where the simulator cannot represent
+the row yet, `unsupported` says why in one line (every missing feature, joined by "; "); such a row
+is never replayed as a different deployment.
+
+Rules (the AIC benchmark generator's, engine_facts.md §1):
+- concurrency = batch_size × attention-DP (aggregated; one replica — the table records no replica
+  count, so a row whose id says another concurrency is unsupported), or decode batch_size × decode
+  workers × decode attention-DP (disaggregated);
+- precision: `gemm_quant_mode` / `moe_quant_mode` name the weight format (blank: the checkpoint's own);
+  GEMMs compute in the weights' format where the GPU has that math (fp8 on H100), else in bf16
+  (weight-only: H100 has no FP4 math); KV cache in bf16 (vLLM's `--kv-cache-dtype auto`);
+- engine caps (vLLM): aggregated and decode workers max_num_seqs = 512 (2 × batch above 512);
+  max_num_batched_tokens = max_num_seqs + ISL + 1500 (aggregated), max_num_seqs (decode);
+  prefill workers 1 sequence and ISL + 1500 tokens; prefix caching off (random prompts).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from paretoserve.catalog.device import DeviceSpec, load_device
+from paretoserve.catalog.model import ModelSpec, load_model
+from paretoserve.errors import UserError
+from paretoserve.perf.roofline import check_parallelism, gemm_compute_dtype
+
+#: Columns a points file must have (the rest of AIC's schema is optional).
+REQUIRED = ("id", "backend", "model_path", "system", "mode", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms")
+#: Engines whose scheduler the simulator models, by the table's backend name → policy.
+POLICIES = {"vllm": "vllm"}
+_ENGINE_NAMES = {"sglang": "SGLang", "trtllm": "TensorRT-LLM"}
+_QUANT = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp8": "fp8", "fp8_block": "fp8",
+          "fp8_static": "fp8", "int8_wo": "int8", "int4_wo": "int4", "sq": "int8", "nvfp4": "fp4",
+          "nvfp4_wo": "fp4", "w4a16_mxfp4": "fp4", "mxfp4": "fp4", "w4afp8": "int4"}
+_CONCURRENCY_IN_ID = re.compile(r"_c(\d+)(?:_|$)")
+
+
+@dataclass(frozen=True)
+class Role:
+    """One role's engine instances: layout and caps.
+
+    Attributes:
+        name: "agg", "prefill" or "decode".
+        workers: engine instances of this role.
+        tp: attention tensor-parallel GPUs; pp: pipeline stages.
+        attention_dp: attention data-parallel ranks per instance.
+        moe_tp: MoE tensor-parallel ways; moe_ep: expert-parallel ways (1, 1 for dense models).
+        batch_size: concurrency per instance and attention-DP rank.
+        max_num_seqs: engine cap on running sequences; max_num_batched_tokens: tokens per step.
+    """
+
+    name: str
+    workers: int
+    tp: int
+    pp: int
+    attention_dp: int
+    moe_tp: int
+    moe_ep: int
+    batch_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+
+@dataclass(frozen=True)
+class PointDeployment:
+    """A measured point as the deployment it ran (see the module docstring for the rules).
+
+    Attributes:
+        id: the row's `id`; line: its line in the file.
+        model_path: the row's model; model: the catalog name it resolves to (None: not in the catalog).
+        backend, backend_version, mode: engine, its version, "agg" or "disagg".
+        hardware: catalog device name (None: not in the catalog).
+        policy: the simulator's scheduling policy for the engine (None: not modelled).
+        weight_dtype, kv_dtype, compute_dtype: formats of weights, KV cache and GEMM math.
+        roles: ("agg",) or ("prefill", "decode") roles.
+        concurrency: users of the closed loop; isl, osl: tokens in and out per request.
+        measured_ttft_s, measured_tpot_s: the measured means in seconds.
+        unsupported: why the simulator cannot represent the row (None: it can).
+    """
+
+    id: str
+    line: int
+    model_path: str
+    model: str | None
+    backend: str
+    backend_version: str
+    mode: str
+    hardware: str | None
+    policy: str | None
+    weight_dtype: str
+    kv_dtype: str
+    compute_dtype: str
+    roles: tuple[Role, ...]
+    concurrency: int
+    isl: int
+    osl: int
+    measured_ttft_s: float
+    measured_tpot_s: float
+    unsupported: str | None = None
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """(model, engine, mode): the unit errors are reported by."""
+        return (self.model_path, self.backend, self.mode)
+
+
+def read_points(path: str | Path) -> list[tuple[int, dict[str, str]]]:
+    """(line, row) of every row of a points CSV; UserError for an unreadable file or missing column."""
+    where = str(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"not a measured-points table: missing column(s) {', '.join(missing)} "
+                                f"(expected AIC's silicon_sample.csv schema)", file=where, line=1)
+            return [(reader.line_num, dict(row)) for row in reader]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the points table: {exc}", file=where) from None
+
+
+def parse_where(text: str | None) -> dict[str, str]:
+    """"backend=vllm,model=Qwen/Qwen3-32B" → {"backend": "vllm", "model_path": "Qwen/Qwen3-32B"}."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--where {item!r}: expected COLUMN=VALUE[,COLUMN=VALUE...]", field="where")
+        key = key.strip()
+        out["model_path" if key == "model" else key] = value.strip()
+    return out
+
+
+def select(rows: list[tuple[int, dict[str, str]]], where: dict[str, str],
+           path: str = "") -> list[tuple[int, dict[str, str]]]:
+    """The rows whose columns equal every value of `where` (UserError for an unknown column)."""
+    if rows:
+        unknown = [k for k in where if k not in rows[0][1]]
+        if unknown:
+            raise UserError(f"--where: no column {', '.join(unknown)}", file=path or None, field="where")
+    return [(n, r) for n, r in rows if all(r.get(k, "") == v for k, v in where.items())]
+
+
+def _int(row: dict[str, str], column: str, where: str, line: int, default: int | None = None) -> int:
+    text = (row.get(column) or "").strip()
+    if not text:
+        if default is None:
+            raise UserError("expected a whole number", file=where, line=line, field=column)
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"expected a whole number, got {text!r}", file=where, line=line, field=column) from None
+    if value != int(value) or value < 0:
+        raise UserError(f"expected a whole number >= 0, got {text!r}", file=where, line=line, field=column)
+    return int(value)
+
+
+def _float(row: dict[str, str], column: str, where: str, line: int) -> float:
+    text = (row.get(column) or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"expected a number of ms, got {text!r}", file=where, line=line, field=column) from None
+    if not value > 0:
+        raise UserError(f"expected a positive number of ms, got {text!r}", file=where, line=line, field=column)
+    return value
+
+
+def resolve_model(model_path: str) -> ModelSpec | None:
+    """The catalog model of a Hugging Face id (an "-Instruct" tune shares its base's config), or None."""
+    for name in (model_path, re.sub(r"-Instruct$", "", model_path, flags=re.IGNORECASE)):
+        try:
+            return load_model(name)
+        except UserError:
+            continue
+    return None
+
+
+def _caps(name: str, batch: int, isl: int) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) the benchmark generator gives a vLLM worker."""
+    if name == "prefill":
+        return 1, isl + 1500
+    seqs = 512 if batch < 512 else 2 * batch
+    return seqs, seqs + (isl + 1500 if name == "agg" else 0)
+
+
+def _role(row: dict[str, str], name: str, where: str, line: int, isl: int) -> Role:
+    prefix = "" if name == "agg" else f"{name}_"
+    get = lambda column, default=None: _int(row, prefix + column, where, line, default)  # noqa: E731
+    tp = max(1, get("tp_size", 1))
+    adp = max(1, get("attention_dp_size", 1))
+    batch = get("batch_size", 1 if name == "prefill" else None)
+    seqs, tokens = _caps(name, batch, isl)
+    return Role(name, 1 if name == "agg" else get("num_workers"), tp, max(1, get("pp_size", 1)), adp,
+                get("moe_tp_size", 0), get("moe_ep_size", 0), batch, seqs, tokens)
+
+
+def _dtype(row: dict[str, str], model: ModelSpec | None) -> tuple[str | None, str | None]:
+    """(weight dtype, reason it is unsupported)."""
+    modes = {m for m in ((row.get("gemm_quant_mode") or "").strip().lower(),
+                         (row.get("moe_quant_mode") or "").strip().lower()) if m}
+    if not modes and (row.get("precision") or "").strip():
+        modes = {row["precision"].strip().lower()}
+    unknown = sorted(m for m in modes if m not in _QUANT)
+    if unknown:
+        return None, f"quantization {', '.join(unknown)} has no weight format in the catalog"
+    dtypes = {_QUANT[m] for m in modes}
+    if len(dtypes) > 1:
+        return None, f"mixed weight formats ({', '.join(sorted(dtypes))}: GEMM vs MoE) are not modelled"
+    if dtypes:
+        return dtypes.pop(), None
+    return (model.weight_dtype if model else "bf16"), None
+
+
+def _layout_problems(role: Role, model: ModelSpec | None, backend: str) -> list[str]:
+    """What the simulator lacks to run `role` as recorded."""
+    label = "" if role.name == "agg" else f"{role.name}: "
+    out = []
+    if role.attention_dp > 1:
+        out.append(f"{label}attention data parallelism (attention-DP {role.attention_dp}) is not modelled")
+    moe = model is not None and model.is_moe
+    if moe and role.moe_ep > 1:
+        out.append(f"{label}expert parallelism (EP {role.moe_ep}) is not modelled")
+    gpus = role.tp * role.attention_dp
+    if moe and role.moe_ep <= 1 and role.moe_tp not in (0, gpus):
+        out.append(f"{label}MoE tensor parallelism {role.moe_tp} ≠ attention TP × DP {gpus} is not modelled")
+    if model is not None:
+        try:
+            check_parallelism(model, role.tp, role.pp)
+        except UserError as exc:
+            out.append(f"{label}{exc}")
+    return out
+
+
+def map_row(row: dict[str, str], line: int, where: str = "") -> PointDeployment:
+    """The deployment of one points row (module docstring); UserError for malformed fields."""
+    backend = (row.get("backend") or "").strip().lower()
+    mode = (row.get("mode") or "").strip().lower()
+    if mode not in ("agg", "disagg"):
+        raise UserError(f"expected agg or disagg, got {mode!r}", file=where, line=line, field="mode")
+    isl, osl = _int(row, "isl", where, line), _int(row, "osl", where, line)
+    problems: list[str] = []
+    model = resolve_model(row["model_path"].strip())
+    if model is None:
+        problems.append(f"model {row['model_path']} is not in the catalog")
+    try:
+        device: DeviceSpec | None = load_device(row["system"].strip())
+    except UserError:
+        device = None
+        problems.append(f"system {row['system']} is not in the hardware catalog")
+    policy = POLICIES.get(backend)
+    if policy is None:
+        problems.append(f"engine {_ENGINE_NAMES.get(backend, backend)}: its scheduler is not modelled "
+                        f"(only vLLM's)")
+    weight, dtype_problem = _dtype(row, model)
+    if dtype_problem:
+        problems.append(dtype_problem)
+    weight = weight or "bf16"
+    compute = weight if weight in ("fp8", "fp4") and device is not None and weight in device.flops else "bf16"
+    if gemm_compute_dtype(weight) != compute:
+        problems.append(f"{weight} weights compute in {compute} on {row['system']} (no {weight} math: "
+                        f"weight-only); the step model computes them in {gemm_compute_dtype(weight)}")
+    if mode == "agg":
+        roles: tuple[Role, ...] = (_role(row, "agg", where, line, isl),)
+        concurrency = roles[0].batch_size * roles[0].attention_dp
+    elif not (row.get("prefill_num_workers") or "").strip() or not (row.get("decode_num_workers") or "").strip():
+        roles = ()
+        concurrency = 0
+        problems.append("disaggregated row without prefill/decode worker counts (an older dump)")
+    else:
+        roles = (_role(row, "prefill", where, line, isl), _role(row, "decode", where, line, isl))
+        concurrency = roles[1].batch_size * roles[1].workers * roles[1].attention_dp
+    stated = _CONCURRENCY_IN_ID.search(row["id"])
+    if stated and roles and int(stated[1]) != concurrency:
+        problems.append(f"the id says concurrency {stated[1]} but the layout gives {concurrency} "
+                        f"(replica count not recorded)")
+    for role in roles:
+        problems.extend(_layout_problems(role, model, backend))
+        if role.batch_size < 1 or role.workers < 1:
+            problems.append(f"{role.name}: batch size and worker count must be >= 1")
+    return PointDeployment(
+        id=row["id"], line=line, model_path=row["model_path"].strip(), model=model.name if model else None,
+        backend=backend, backend_version=(row.get("backend_version") or "").strip(), mode=mode,
+        hardware=device.name if device else None, policy=policy, weight_dtype=weight, kv_dtype="bf16",
+        compute_dtype=compute,
+        roles=roles, concurrency=concurrency, isl=isl, osl=osl,
+        measured_ttft_s=_float(row, "silicon_ttft_ms", where, line) / 1e3,
+        measured_tpot_s=_float(row, "silicon_tpot_ms", where, line) / 1e3,
+        unsupported="; ".join(dict.fromkeys(problems)) or None)

@@ -1,0 +1,189 @@
+"""Measured serving points → deployments (`paretoserve.calibrate.points`), their prediction, and
+`validate --points`. Rows are the real H100 rows of shared/data/silicon, picked by id; each expected
+deployment is spelled out by hand from the row and engine_facts.md §1."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import paretoserve.cli.commands  # noqa: F401  (registers the commands)
+from paretoserve.calibrate.point_replay import PointPrediction, error_summary, predict_point
+from paretoserve.calibrate.points import PointDeployment, Role, map_row, parse_where, read_points, select
+from paretoserve.catalog.device import load_device
+from paretoserve.catalog.model import load_model
+from paretoserve.cli.app import app
+from paretoserve.errors import UserError
+from paretoserve.perf.roofline import Roofline
+from paretoserve.perf.shape import PrefillChunk, StepShape
+from prereq import missing
+
+# ../shared next to the checkout (or next to the folder of worktrees).
+POINTS = next((p for p in (Path(__file__).resolve().parents[k] / "shared" / "data" / "silicon" /
+                           "h100_sxm_silicon.csv" for k in (2, 3)) if p.exists()), None)
+ROWS: dict[str, tuple[int, dict[str, str]]] = {}
+
+DENSE = "qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_vllm_agg_1024x128_c16_tp2_epnone_4"
+FP8 = "2026_04_06_llama_3_1_70b_h100_sxm_vllm_fp8_agg_1024x8192_c4_tp4_ep1_265"
+EP = "2026_03_25_minimax_m2_5_h100_sxm_vllm_fp8_agg_1024x1024_c8_tp4_0_ep4_0_222"
+ADP = "2026_04_06_minimax_m2_5_h100_sxm_vllm_fp8_agg_1024x1024_c32_tp4_ep4_1342"
+DISAGG = "qwen3_32b_qwen3_32b_h100_sxm_vllm_disagg_4000x1000_c_tp_epnone_2"
+
+
+def point(row_id: str) -> PointDeployment:
+    line, row = ROWS[row_id]
+    return map_row(row, line, str(POINTS))
+
+
+def _find(**values: str) -> str:
+    """The id of the first row with these column values (keeps the test on real rows)."""
+    return next(i for i, (_, r) in ROWS.items() if all(r[k] == v for k, v in values.items()))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ids_exist():
+    if POINTS is None:
+        missing("../shared/data/silicon/h100_sxm_silicon.csv not present")
+    ROWS.update({row["id"]: (line, row) for line, row in read_points(POINTS)})
+    for row_id in (DENSE, FP8, EP, ADP, DISAGG):
+        assert row_id in ROWS, row_id
+
+
+def test_dense_tp_row():
+    line, row = ROWS[DENSE]
+    layout = (row["tp_size"], row["batch_size"], row["isl"], row["osl"], row["precision"])
+    assert layout == ("2", "16", "1024", "128", "")
+    got = point(DENSE)
+    assert got == PointDeployment(
+        id=DENSE, line=line, model_path="Qwen/Qwen3-32B", model="Qwen3-32B", backend="vllm",
+        backend_version=row["backend_version"], mode="agg", hardware="h100_sxm", policy="vllm",
+        weight_dtype="bf16", kv_dtype="bf16", compute_dtype="bf16",
+        roles=(Role("agg", workers=1, tp=2, pp=1, attention_dp=1, moe_tp=int(row["moe_tp_size"] or 0),
+                    moe_ep=int(row["moe_ep_size"] or 0), batch_size=16, max_num_seqs=512,
+                    max_num_batched_tokens=512 + 1024 + 1500),),
+        concurrency=16, isl=1024, osl=128, measured_ttft_s=float(row["silicon_ttft_ms"]) / 1e3,
+        measured_tpot_s=float(row["silicon_tpot_ms"]) / 1e3, unsupported=None)
+
+
+def test_fp8_row_uses_fp8_weights_and_math_on_the_bf16_checkpoint():
+    got = point(FP8)
+    assert load_model("Meta-Llama-3.1-70B").weight_dtype == "bf16"
+    dtypes = (got.weight_dtype, got.compute_dtype, got.kv_dtype)
+    assert got.model == "Meta-Llama-3.1-70B" and dtypes == ("fp8", "fp8", "bf16")
+    assert got.roles[0].tp == 4 and got.concurrency == 4 and got.unsupported is None
+
+
+def test_moe_with_expert_parallelism_is_stated_not_replayed():
+    got = point(EP)
+    assert got.roles == (Role("agg", 1, 4, 1, 1, 1, 4, 8, 512, 512 + 1024 + 1500),)
+    assert got.model == "MiniMax-M2.5" and got.weight_dtype == "fp8"
+    assert got.unsupported == "expert parallelism (EP 4) is not modelled"
+    assert predict_point(got).ttft_s is None
+
+
+def test_attention_dp_row():
+    got = point(ADP)
+    # vLLM with EP: attention TP 4 × attention-DP 4 = 16 GPUs, MoE EP 16; batch 8 per DP rank -> c32.
+    assert got.roles == (Role("agg", 1, 4, 1, 4, 1, 16, 8, 512, 512 + 1024 + 1500),)
+    assert got.concurrency == 32
+    assert got.unsupported == ("attention data parallelism (attention-DP 4) is not modelled; "
+                               "expert parallelism (EP 16) is not modelled")
+
+
+def test_disaggregated_xpyd_row():
+    got = point(DISAGG)
+    # 8 prefill workers of TP1 (1 sequence, ISL + 1500 tokens), 2 decode workers of TP4 at batch 224.
+    assert got.roles == (Role("prefill", 8, 1, 1, 1, 0, 0, 1, 1, 4000 + 1500),
+                         Role("decode", 2, 4, 1, 1, 0, 0, 224, 512, 512))
+    assert (got.mode, got.concurrency, got.weight_dtype, got.unsupported) == ("disagg", 448, "fp8", None)
+
+
+def test_unsupported_engines_precisions_and_old_dumps():
+    trt = point(_find(backend="trtllm", model_path="meta-llama/Llama-3.1-8B-Instruct"))
+    assert trt.model == "Meta-Llama-3.1-8B"
+    assert trt.unsupported == "engine TensorRT-LLM: its scheduler is not modelled (only vLLM's)"
+    fp4 = point(_find(backend="vllm", model_path="openai/gpt-oss-120b"))
+    assert fp4.weight_dtype == "fp4" and fp4.compute_dtype == "bf16"
+    assert "the step model computes them in fp8" in fp4.unsupported
+    old = point(_find(mode="disagg", prefill_num_workers="", backend="sglang"))
+    assert "without prefill/decode worker counts" in old.unsupported and old.roles == ()
+
+
+def test_where_filter_and_bad_rows(tmp_path):
+    rows = list(ROWS.values())
+    assert parse_where("backend=vllm, model=Qwen/Qwen3-32B") == {"backend": "vllm", "model_path": "Qwen/Qwen3-32B"}
+    picked = select(rows, parse_where("backend=vllm,model=Qwen/Qwen3-32B,mode=agg"))
+    assert len(picked) == 93
+    with pytest.raises(UserError, match="no column colour"):
+        select(rows, {"colour": "red"})
+    with pytest.raises(UserError, match="expected COLUMN=VALUE"):
+        parse_where("backend")
+    line, row = ROWS[DENSE]
+    with pytest.raises(UserError, match=rf"x.csv:{line} field 'isl'"):
+        map_row({**row, "isl": "many"}, line, "x.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,backend\n1,vllm\n")
+    with pytest.raises(UserError, match="missing column"):
+        read_points(bad)
+
+
+def test_single_user_prediction_is_one_prefill_then_decode_steps():
+    # At concurrency 1 the closed loop is one request at a time: TTFT is one prefill step of ISL
+    # tokens, TPOT the mean of the OSL - 1 decode steps (context ISL + 1 ... ISL + OSL - 1).
+    got = point(FP8)
+    single = PointDeployment(**{**got.__dict__, "concurrency": 1,
+                                "roles": (Role(**{**got.roles[0].__dict__, "batch_size": 1}),)})
+    roof = Roofline(load_model("Meta-Llama-3.1-70B"), load_device("h100_sxm"), tp=4, weight_dtype="fp8")
+    ttft = roof.seconds(StepShape(prefill=(PrefillChunk(got.isl),)))
+    tpot = roof.decode_run_seconds(1, got.isl + 1, got.osl - 1) / (got.osl - 1)
+    predicted = predict_point(single)
+    assert predicted.ttft_s == pytest.approx(ttft, rel=1e-9)
+    assert predicted.tpot_s == pytest.approx(tpot, rel=1e-9)
+
+
+def test_error_summary_by_hand():
+    a, b = point(DENSE), point(FP8)
+    preds = [PointPrediction(a, a.measured_ttft_s * 1.2, a.measured_tpot_s * 0.9),
+             PointPrediction(b, b.measured_ttft_s * 0.5, b.measured_tpot_s * 1.1),
+             PointPrediction(point(EP), None, None)]
+    summary = error_summary(preds)
+    overall = summary["overall"]
+    assert (overall["rows"], overall["predicted"]) == (3, 2)
+    assert overall["ttft"]["median_abs"] == pytest.approx(0.35)
+    assert overall["ttft"]["mean_signed"] == pytest.approx(-0.15)
+    assert overall["tpot"]["median_abs"] == pytest.approx(0.1)
+    assert summary["unsupported"] == {"expert parallelism (EP 4) is not modelled": 1}
+    assert [g["rows"] for g in summary["groups"]] == [1, 1, 1]
+
+
+def test_validate_points_cli_writes_predictions_and_summary(tmp_path):
+    source = tmp_path / "in" / "points.csv"
+    source.parent.mkdir()
+    with open(POINTS, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields = reader.fieldnames
+        chosen = [r for r in reader if r["id"] in (DENSE, FP8, EP, DISAGG)]
+    with open(source, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(chosen)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["validate", "--points", str(source), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["overall"]["rows"] == 4 and summary["overall"]["predicted"] == 3 and summary["estimated"]
+    with open(out / "predictions.csv", newline="") as handle:
+        lines = {r["id"]: r for r in csv.DictReader(handle)}
+    assert set(lines) == {DENSE, FP8, EP, DISAGG}
+    assert lines[EP]["predicted_ttft_ms"] == "" and "expert parallelism" in lines[EP]["unsupported_reason"]
+    assert float(lines[DENSE]["predicted_ttft_ms"]) > 0 and lines[DENSE]["unsupported_reason"] == ""
+    assert "Predicted vs measured" in (out / "report.html").read_text()
+    refused = CliRunner().invoke(app, ["validate", "--points", str(source), "--out", str(source.parent)])
+    assert refused.exit_code == 2 and "holds the input" in refused.output
+    assert source.exists()
+    both = CliRunner().invoke(app, ["validate", "--points", str(source), "--measured", str(tmp_path)])
+    assert both.exit_code == 2 and "give one of" in both.output

@@ -78,12 +78,12 @@ def validate_points(points: Path, *, where: str | None, profile: Path | None, ou
                 console.print(f"  {count:>4} · {reason}")
     if out is None:
         return
-    from paretoserve.report.points_page import points_page
+    from paretoserve.report.points_page import points_report
 
-    page = points_page(predictions, summary, title=f"Measured points: {points.name}", step_model=step_model)
     with building_folder(out, OUT_COMMAND, inputs=inputs) as tmp:
         (tmp / PREDICTIONS_FILE).write_text(predictions_csv(predictions), encoding="utf-8")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-        (tmp / "report.html").write_text(page, encoding="utf-8")
+        points_report(predictions, summary, title=f"Measured points: {points.name}", step_model=step_model,
+                      out_path=tmp / "report.html")
     if not as_json:
         console.print(f"wrote {out / PREDICTIONS_FILE}, {out / 'summary.json'} and {out / 'report.html'}")

@@ -91,7 +91,7 @@ def _version() -> str:
         return "dev"
 
 
-def _render(template: str, out_path: str | Path, *, title: str, badges: Sequence[bool], inputs: Inputs = (),
+def render_page(template: str, out_path: str | Path, *, title: str, badges: Sequence[bool], inputs: Inputs = (),
             **context: Any) -> Path:
     """Render `template` with the page head's values (plotly.js inline) and write it atomically: a new
     file, or over an earlier report only (never over one of `inputs`)."""
@@ -105,7 +105,7 @@ def _render(template: str, out_path: str | Path, *, title: str, badges: Sequence
     return path
 
 
-def _figure(fig: go.Figure, div_id: str) -> Markup:
+def figure_markup(fig: go.Figure, div_id: str) -> Markup:
     """The figure as a div drawn by an inline script (plotly.js is already in the page head)."""
     return Markup(fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config=_PLOT_CONFIG))
 
@@ -372,11 +372,11 @@ def plan_report(plans: list[dict[str, Any]], *, title: str, slo: str | None,
                                  "Recommended plan: latency distributions"),
                       _timeline_panel([view], "Recommended plan: over time")]
     front = sorted((p for p in plans if p.get("pareto")), key=_rank_key)
-    return _render(
+    return render_page(
         "plan.html.j2", out_path, title=title, badges=[True], counts=counts, slo=slo,
-        ttft_figure=_figure(_plan_figure(plans, _TTFT, slo_s=parsed_slo.ttft_s if parsed_slo else None),
+        ttft_figure=figure_markup(_plan_figure(plans, _TTFT, slo_s=parsed_slo.ttft_s if parsed_slo else None),
                             "pareto-ttft"),
-        energy_figure=_figure(_plan_figure(plans, _ENERGY, slo_s=None), "pareto-energy"),
+        energy_figure=figure_markup(_plan_figure(plans, _ENERGY, slo_s=None), "pareto-energy"),
         front_header=_FRONT_HEADER, front=[_front_row(p) for p in front],
         recommended=_recommended(recommended) if recommended is not None else None, run_panels=run_panels)
 
@@ -488,7 +488,7 @@ def _cdf_panel(views: Sequence[_RunView], metrics: Sequence[str], slo: Slo | Non
             notes.append(f"No {_METRIC_TITLES[metric]} samples in {', '.join(missing)}"
                          + (" (per-token gaps are recorded by bench runs; a simulated run keeps ITL only in "
                             "its summary)." if metric == "itl" else "."))
-    figure = _figure(_cdf_figure({m: samples[m] for m in shown}, slo), "cdf") if shown else None
+    figure = figure_markup(_cdf_figure({m: samples[m] for m in shown}, slo), "cdf") if shown else None
     return _Panel(heading, " ".join(notes), figure, "No completed request: no latency distribution.")
 
 
@@ -559,7 +559,7 @@ def _timeline_figure(views: Sequence[_RunView]) -> go.Figure:
 
 def _timeline_panel(views: Sequence[_RunView], heading: str) -> _Panel:
     """The timelines' section."""
-    return _Panel(heading, _timeline_note(views), _figure(_timeline_figure(views), "timeline"))
+    return _Panel(heading, _timeline_note(views), figure_markup(_timeline_figure(views), "timeline"))
 
 
 def _pair(views: Sequence[_RunView]) -> tuple[_RunView, _RunView] | None:
@@ -704,7 +704,7 @@ def _comparison_panel(reference: _RunView, other: _RunView) -> _Panel:
     fig, errors = comparison
     note = ("Requests matched by request id; the dashed line is y = x. |error| = |y − x| / x. "
             + "; ".join(errors) + ".")
-    return _Panel(heading, note, _figure(fig, "per-request"))
+    return _Panel(heading, note, figure_markup(fig, "per-request"))
 
 
 def runs_report(runs: list[Run], *, title: str, out_path: str | Path) -> Path:
@@ -724,6 +724,6 @@ def runs_report(runs: list[Run], *, title: str, out_path: str | Path) -> Path:
         panels.append(_comparison_panel(*pair))
     read = [run.path / name for run in runs
             for name in (CONFIG_FILE, REQUESTS_FILE, SUMMARY_FILE, ITERATIONS_FILE)]
-    return _render("runs.html.j2", out_path, title=title, badges=sorted({v.estimated for v in views}, reverse=True),
+    return render_page("runs.html.j2", out_path, title=title, badges=sorted({v.estimated for v in views}, reverse=True),
                    inputs=read, runs=[_run_facts(v) for v in views], summary=_summary(views, pair),
                    difference_column=pair is not None, panels=panels)

@@ -3,13 +3,14 @@ measured mean TTFT and TPOT per group, the error distribution, and the rows not 
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
+from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from paretoserve.calibrate.point_replay import PointPrediction
+from paretoserve.report.html import figure_markup, render_page
 
 _METRICS = (("ttft", "mean TTFT"), ("tpot", "mean TPOT"))
 
@@ -26,19 +27,21 @@ def _group_name(entry: dict) -> str:
     return f"{entry['model']} · {entry['engine']} · {entry['mode']}"
 
 
-def _table(summary: dict) -> str:
-    head = ("group", "rows", "predicted", "coverage", "TTFT median |err|", "TTFT p90 |err|", "TTFT mean err",
-            "TPOT median |err|", "TPOT p90 |err|", "TPOT mean err")
+_HEADER = ("group", "rows", "predicted", "coverage", "TTFT median |err|", "TTFT p90 |err|", "TTFT mean err",
+           "TPOT median |err|", "TPOT p90 |err|", "TPOT mean err")
+
+
+def _rows(summary: dict) -> list[list[object]]:
+    """One table row per group, then all rows together."""
     rows = []
     for entry in [*summary["groups"], {"model": "all rows", "engine": "", "mode": "", **summary["overall"]}]:
         name = _group_name(entry) if entry["engine"] else "all rows"
-        cells = [name, entry["rows"], entry["predicted"], f"{entry['coverage']:.0%}"]
+        cells: list[object] = [name, entry["rows"], entry["predicted"], f"{entry['coverage']:.0%}"]
         for metric, _ in _METRICS:
             stats = entry[metric]
             cells += [_abs_pct(stats["median_abs"]), _abs_pct(stats["p90_abs"]), _pct(stats["mean_signed"])]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        rows.append(cells)
+    return rows
 
 
 def _figures(predictions: Sequence[PointPrediction]) -> go.Figure:
@@ -79,23 +82,10 @@ def _figures(predictions: Sequence[PointPrediction]) -> go.Figure:
     return fig
 
 
-def points_page(predictions: Sequence[PointPrediction], summary: dict, *, title: str, step_model: str) -> str:
-    """The whole page as HTML text (plotly.js inline, so it opens offline)."""
-    reasons = "".join(f"<tr><td>{count}</td><td>{html.escape(reason)}</td></tr>"
-                      for reason, count in summary["unsupported"].items())
-    figure = _figures(predictions).to_html(include_plotlyjs=True, full_html=False, div_id="points")
-    overall = summary["overall"]
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:1.5em;color:#1f2933}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd2d9;padding:.3em .6em;"
-        "text-align:right}td:first-child,th:first-child{text-align:left}.note{color:#52606d}</style>",
-        "</head><body>", f"<h1>{html.escape(title)}</h1>",
-        f'<p class="note">Predicted (estimated by simulation, {html.escape(step_model)}) against measured mean '
-        f"TTFT and TPOT; error = (predicted − measured) / measured. {overall['predicted']} of {overall['rows']} "
-        f"rows represented ({overall['coverage']:.0%}); the rest are listed below with the reason.</p>",
-        "<h2>Errors by group (model · engine · mode)</h2>", _table(summary),
-        "<h2>Predicted vs measured</h2>", figure,
-        "<h2>Rows not represented</h2>",
-        f"<table><thead><tr><th>rows</th><th>what the model lacks</th></tr></thead><tbody>{reasons}</tbody></table>",
-        "</body></html>", ""])
+def points_report(predictions: Sequence[PointPrediction], summary: dict, *, title: str, step_model: str,
+                  out_path: str | Path) -> Path:
+    """Write the page (self-contained: plotly.js inline, so it opens offline) and return its path."""
+    return render_page("points.html.j2", out_path, title=title, badges=[True], step_model=step_model,
+                       overall=summary["overall"], coverage=f"{summary['overall']['coverage']:.0%}",
+                       header=_HEADER, rows=_rows(summary), unsupported=list(summary["unsupported"].items()),
+                       figure=figure_markup(_figures(predictions), "points"))

@@ -193,6 +193,30 @@ def test_plan_report_has_front_table_commands_and_plots(tmp_path: Path, sim_run:
     assert {"queue length (waiting)", "running requests", "KV cache used"} <= _plot_texts(page)
 
 
+@pytest.mark.parametrize("attainment, met", [(0.95, True), (0.71, False)])
+def test_plan_report_says_whether_the_whole_plan_simulation_met_the_slo(tmp_path: Path, attainment: float,
+                                                                        met: bool) -> None:
+    plans = make_plans()
+    recommended = next(p for p in plans if p["recommended"])
+    recommended["verified"] = {"rate_rps": 8.0, "delivered_rate_rps": 8.0, "requests": 400,
+                               "slo_attainment": attainment, "target_attainment": 0.9, "met": met}
+    page = plan_report(plans, title="t", slo=SLO, recommended=recommended, recommended_run=None,
+                       out_path=tmp_path / "report.html").read_text()
+    if met:
+        assert "Verified: " in page and "attainment 95.0% ≥ target 90%" in page and "SLO not met" not in page
+    else:
+        assert "SLO not met: " in page and "attainment 71.0%, below the target 90%" in page
+        assert "No plan was verified to meet the SLO" in page and "Verified: " not in page
+
+
+def test_plan_report_without_verification_says_so(tmp_path: Path) -> None:
+    plans = make_plans()
+    recommended = next(p for p in plans if p["recommended"])
+    page = plan_report(plans, title="t", slo=SLO, recommended=recommended, recommended_run=None,
+                       out_path=tmp_path / "report.html").read_text()
+    assert "Not verified by a whole-plan simulation" in page and "Verified: " not in page
+
+
 def test_plan_report_without_recommendation_or_run(tmp_path: Path) -> None:
     plans = make_plans(seed=1)
     for plan in plans:

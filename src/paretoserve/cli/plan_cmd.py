@@ -139,16 +139,13 @@ def _print(result: PlanResult) -> None:
 
 
 def _verification_line(v: dict[str, object]) -> str:
-    """One whole-plan simulation: what was simulated, the rate delivered, and met or not."""
-    delivered = v["delivered_rate_rps"]
-    at = (f"{v['label']} simulated whole at {float(v['rate_rps']):.2f} req/s (delivered "
-          + ("an undefined rate" if delivered is None else f"{float(delivered):.2f} req/s")
-          + f" over {v['requests']} requests)")
-    attainment, target = v["slo_attainment"], float(v["target_attainment"])  # type: ignore[arg-type]
-    if v["met"]:
-        return f"[green]Verified:[/] {at} meets the SLO: attainment {float(attainment):.1%} ≥ target {target:.0%}."
-    got = "no attainment" if attainment is None else f"attainment {float(attainment):.1%}"
-    return f"[red]SLO not met:[/] {at}: {got}, below the target {target:.0%}."
+    """`verification_sentence` with its verdict coloured."""
+    from rich.markup import escape
+
+    from paretoserve.plan.api import verification_sentence
+
+    verdict, sep, rest = verification_sentence(v).partition(": ")
+    return f"[{'green' if v['met'] else 'red'}]{escape(verdict)}{sep}[/]{escape(rest)}"
 
 
 def _print_devices(by_device: list[dict[str, object]]) -> None:

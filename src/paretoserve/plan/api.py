@@ -126,6 +126,20 @@ def _verify_in_order(outcome: PlanOutcome, search: PlanSearch, out_dir: Path) ->
     return [{"label": r["label"], **r["verified"]} for r in tried]  # type: ignore[dict-item]
 
 
+def verification_sentence(v: dict[str, object]) -> str:
+    """A whole-plan simulation in words: what was simulated, the rate delivered, and whether the SLO's
+    attainment target was met (`v` is a row's `verified` entry, with its `label`)."""
+    delivered = v["delivered_rate_rps"]
+    at = (f"{v['label']} simulated whole at {float(v['rate_rps']):.2f} req/s (delivered "  # type: ignore[arg-type]
+          + ("an undefined rate" if delivered is None else f"{float(delivered):.2f} req/s")  # type: ignore[arg-type]
+          + f" over {v['requests']} requests)")
+    attainment, target = v["slo_attainment"], float(v["target_attainment"])  # type: ignore[arg-type]
+    if v["met"]:
+        return f"Verified: {at} meets the SLO: attainment {float(attainment):.1%} ≥ target {target:.0%}."  # type: ignore[arg-type]
+    got = "no attainment" if attainment is None else f"attainment {float(attainment):.1%}"  # type: ignore[arg-type]
+    return f"SLO not met: {at}: {got}, below the target {target:.0%}."
+
+
 def _verify(row: dict[str, object], search: PlanSearch, out_dir: Path) -> dict[str, object]:
     """Simulate a plan as a whole cluster at its rate (the planner's figures come from per-engine
     units, so this checks them end to end) and compare its SLO attainment with the target."""

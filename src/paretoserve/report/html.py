@@ -52,6 +52,7 @@ from paretoserve.metrics.timeseries import (
     time_bins,
 )
 from paretoserve.outputs import Inputs, claim_file, write_errors
+from paretoserve.plan.api import verification_sentence
 from paretoserve.plan.pareto import pareto_mask
 from paretoserve.runs import CONFIG_FILE, REQUESTS_FILE, SUMMARY_FILE, Run
 
@@ -177,7 +178,8 @@ def _device_type(plan: dict[str, Any]) -> str:
 #: How each figure of a plan is printed: format spec, or "ms" for seconds shown in milliseconds. In the
 #: order of the ranked table's columns.
 _PLAN_FIGURES = {"max_rate_rps": ",.2f", "goodput_rps": ",.2f", "usd_per_hour": ",.2f",
-                 "usd_per_million_tokens": ",.3f", "ttft_p90_s": "ms", "tpot_p90_s": "ms", "e2e_p90_s": "ms",
+                 "usd_per_million_tokens": ",.3f", "usd_per_million_total_tokens": ",.3f", "ttft_p90_s": "ms",
+                 "tpot_p90_s": "ms", "e2e_p90_s": "ms",
                  "joules_per_token": ".3g", "goodput_per_device": ",.3f", "goodput_per_usd_hour": ",.3f",
                  "slo_attainment": ".1%"}
 
@@ -324,7 +326,8 @@ def _marks(plan: dict[str, Any]) -> str:
     return ", ".join(marks)
 
 
-_FRONT_HEADER = ("#", "plan", "devices", "max rate req/s", "goodput req/s", "$/h", "$/M tok", "TTFT p90 ms",
+_FRONT_HEADER = ("#", "plan", "devices", "max rate req/s", "goodput req/s", "$/h", "$/M out tok", "$/M all tok",
+                 "TTFT p90 ms",
                  "TPOT p90 ms", "E2E p90 ms", "J/tok", "goodput/device", "goodput per $/h", "SLO att.")
 
 
@@ -338,12 +341,18 @@ def _front_row(plan: dict[str, Any]) -> dict[str, Any]:
 def _recommended(plan: dict[str, Any]) -> dict[str, Any]:
     """The recommended plan's headline figures, reasons, configuration and reproduce command."""
     cards = [("devices", str(plan["devices"]))] + [(label, _plan_text(plan, key)) for label, key in (
-        ("$ per million output tokens", "usd_per_million_tokens"), ("goodput (req/s)", "goodput_rps"),
+        ("$ per million output tokens", "usd_per_million_tokens"),
+        ("$ per million prompt + output tokens", "usd_per_million_total_tokens"), ("goodput (req/s)", "goodput_rps"),
         ("max rate (req/s)", "max_rate_rps"), ("TTFT p90 (ms)", "ttft_p90_s"), ("TPOT p90 (ms)", "tpot_p90_s"),
         ("J per output token", "joules_per_token"), ("$ per hour", "usd_per_hour"))]
     reasons = [line.strip(" -•") for line in str(plan.get("reason") or "").splitlines() if line.strip(" -•")]
+    verified = plan.get("verified")
+    verification = (verification_sentence({"label": plan["label"], **verified}) if verified
+                    else "Not verified by a whole-plan simulation: the figures are the planner's estimates.")
+    if verified and not verified["met"]:
+        verification += " No plan was verified to meet the SLO: this recommendation is an estimate only."
     return {"label": plan["label"], "cards": cards, "reasons": reasons, "config": _plan_config(plan["plan"]),
-            "command": plan["command"]}
+            "command": plan["command"], "verification": verification, "met": bool(verified and verified["met"])}
 
 
 def plan_report(plans: list[dict[str, Any]], *, title: str, slo: str | None,

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import paretoserve.cli.commands  # noqa: F401  (registers the commands)
+from browser import render_in_chromium
 from paretoserve.calibrate.point_replay import PointPrediction, error_summary, predict_point
 from paretoserve.calibrate.points import PointDeployment, Role, map_row, parse_where, read_points, select
 from paretoserve.catalog.device import load_device
@@ -182,6 +183,8 @@ def test_validate_points_cli_writes_predictions_and_summary(tmp_path):
     assert lines[EP]["predicted_ttft_ms"] == "" and "expert parallelism" in lines[EP]["unsupported_reason"]
     assert float(lines[DENSE]["predicted_ttft_ms"]) > 0 and lines[DENSE]["unsupported_reason"] == ""
     assert "Predicted vs measured" in (out / "report.html").read_text()
+    dom, errors = render_in_chromium(out / "report.html", tmp_path / "chromium-profile")
+    assert errors == [] and 'class="main-svg"' in dom[dom.index('id="points"'):]  # the figure was drawn
     refused = CliRunner().invoke(app, ["validate", "--points", str(source), "--out", str(source.parent)])
     assert refused.exit_code == 2 and "holds the input" in refused.output
     assert source.exists()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 from markupsafe import escape
 from typer.testing import CliRunner
 
+from browser import render_in_chromium
 from paretoserve.cli import commands  # noqa: F401  (registers the commands)
 from paretoserve.cli.app import app
 from paretoserve.errors import UserError
@@ -23,12 +22,10 @@ from paretoserve.plan.pareto import knee_index, pareto_mask
 from paretoserve.report.html import plan_report, runs_report
 from paretoserve.runs import Run, RunWriter, read_run
 from paretoserve.sim.iteration import IterationRow
-from prereq import missing
 
 SLO = "ttft_p90=1s,tpot_p90=60ms"
 PLAN_FIGURES = ("pareto-ttft", "pareto-energy", "cdf", "timeline")
 RUNS_FIGURES = ("cdf", "timeline", "per-request")
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 runner = CliRunner()
 
@@ -307,28 +304,6 @@ def test_cli_missing_or_malformed_run_is_one_line(tmp_path: Path) -> None:
 # Headless Chromium
 # ------------------------------------------------------------------------------------------------
 
-# Chromium logs console messages of the page as `[pid:tid:time:INFO:CONSOLE:LINE] "TEXT", source: URL (LINE)`
-# (older builds: `CONSOLE(LINE)`), whatever their level, so console.error and uncaught exceptions both show
-# up here. Everything else on stderr is Chromium's own chatter on a headless box with no D-Bus, GPU or
-# display (`ERROR:dbus/bus.cc`, `WARNING:vaapi_wrapper.cc`, sandbox notes, the Debian wrapper's shell
-# warning): those lines have no CONSOLE tag and say nothing about the page, so they are ignored.
-_CONSOLE = re.compile(r':CONSOLE[:(]?\d*\)?\]\s*"(?P<text>.*)", source: (?P<source>\S*)')
-
-
-def _chromium(page: Path, profile: Path) -> tuple[str, list[str]]:
-    """The DOM after scripts ran, and the console messages that came from the page."""
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-               "--dump-dom", page.resolve().as_uri()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    page_messages = [m.group("text") for m in _CONSOLE.finditer(done.stderr)
-                     if m.group("source").startswith("file://")]
-    uncaught = [line for line in done.stderr.splitlines() if "Uncaught" in line]
-    return done.stdout, page_messages + uncaught
-
-
 def _assert_rendered(dom: str, figure_ids: tuple[str, ...]) -> None:
     """Each figure div holds plotly's rendered SVG."""
     starts = [(dom.index(f'id="{fid}"'), fid) for fid in figure_ids]
@@ -338,14 +313,12 @@ def _assert_rendered(dom: str, figure_ids: tuple[str, ...]) -> None:
 
 
 def test_pages_render_in_headless_chromium(tmp_path: Path, sim_run: Run, real_run: Run) -> None:
-    if CHROMIUM is None:
-        missing("chromium is not installed (apt-get install chromium)")
     plans = make_plans()
     recommended = next(p for p in plans if p["recommended"])
     plan_page = plan_report(plans, title="plan", slo=SLO, recommended=recommended, recommended_run=sim_run,
                             out_path=tmp_path / "plan.html")
     runs_page = runs_report([sim_run, real_run], title="runs", out_path=tmp_path / "runs.html")
     for page, figures in ((plan_page, PLAN_FIGURES), (runs_page, RUNS_FIGURES)):
-        dom, errors = _chromium(page, tmp_path / f"profile-{page.stem}")
+        dom, errors = render_in_chromium(page, tmp_path / f"profile-{page.stem}")
         assert errors == [], f"{page.name}: console errors {errors}"
         _assert_rendered(dom, figures)

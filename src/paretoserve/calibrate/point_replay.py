@@ -1,10 +1,24 @@
 """Predict measured serving points (`paretoserve.calibrate.points`) and summarise the errors.
 
-`predict_point` simulates a supported point as the closed loop it was measured with: C users over
-`rounds` × C requests of exactly ISL prompt and OSL output tokens, all due at 0 s, summarised
-without warm-up and cool-down (`paretoserve.sim.closed_loop.SteadyWindow`: the first 2C and the
-last C completions), so `rounds` must be at least 4. The predicted figures are the means over the
-measured requests of TTFT and of per-request TPOT, as aiperf reports them.
+`predict_point` simulates a supported point as the closed loop it was measured with, by a
+`Protocol`. The default, `COLLECTED`, is how the points were collected (engine_facts.md §1, "AIC's
+benchmark harness", and aiperf 0.3.0's source where the facts stop):
+- client: aiperf `--concurrency C`, a closed loop of C users, every request of exactly ISL prompt
+  and OSL output tokens (synthetic lengths with stddev 0, `ignore_eos`), C as `points.map_row`
+  derives it;
+- warm-up: `--warmup-request-count = 2·C` requests (bench_run.sh.j2), run as their own phase that
+  drains before the measured requests start (aiperf `_execute_phases` waits for every warm-up
+  credit to return); never summarised;
+- measured: `--num-requests = 20·C` (`BENCH_MULTI_ROUND` 20), started by all C users at once
+  (aiperf's concurrency-burst issuing has no ramp, delay or think time), each user sending its next
+  request when its previous one completes;
+- summary: the mean over all 20·C measured requests of TTFT and of per-request TPOT (aiperf's
+  statistics are taken across the run's requests: the ramp-up and the drain are inside the mean).
+The facts leave open which harness variant produced each row (the Kubernetes one sends 50·C, the
+sflow one warms up with C) and the client's own per-request overhead, which is not simulated.
+
+`STEADY` is the plain steady-state closed loop instead: 5·C requests, no warm-up phase, the first
+2·C and last C completions left out (`paretoserve.sim.closed_loop.MeasuredWindow`).
 
 `error_summary` gives, per group (model × engine × mode) and overall, the coverage and for TTFT and
 TPOT the median and p90 of |error| and the mean signed error, error = (predicted − measured) /
@@ -21,14 +35,34 @@ import numpy as np
 
 from paretoserve.calibrate.points import PointDeployment, Role
 from paretoserve.catalog.device import load_device
-from paretoserve.sim.closed_loop import SteadyWindow
+from paretoserve.sim.closed_loop import MeasuredWindow
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.deployment import build_deployment, kv_link
 from paretoserve.sim.engine import Simulation
 from paretoserve.sim.run_config import SimulateConfig
 from paretoserve.workload.request import Request
 
-ROUNDS = 5
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a point's closed loop of C users is run and summarised.
+
+    Attributes:
+        warmup_rounds: warm-up requests per user (warm-up = this × C), drained before measuring.
+        rounds: measured requests per user (this × C requests).
+        steady: leave out the first 2·C and last C measured completions (else all are summarised).
+        name: one line for reports.
+    """
+
+    warmup_rounds: int
+    rounds: int
+    steady: bool
+    name: str
+
+
+COLLECTED = Protocol(2, 20, False, "as collected: aiperf, 2C warm-up drained, 20C measured from a "
+                                   "simultaneous start, ramp-up and drain in the mean")
+STEADY = Protocol(0, 5, True, "steady-state closed loop: 5C requests, first 2C and last C left out")
 
 
 @dataclass(frozen=True)
@@ -64,17 +98,18 @@ def _engine(point: PointDeployment, role: Role, profile: str | None) -> EngineCo
 
 
 def predict_point(point: PointDeployment, *, profile: str | None = None,
-                  rounds: int = ROUNDS) -> PointPrediction:
-    """Simulate a supported point (module docstring); an unsupported one comes back unpredicted."""
+                  protocol: Protocol = COLLECTED) -> PointPrediction:
+    """Simulate a supported point by `protocol` (module docstring); an unsupported one comes back
+    unpredicted."""
     if point.unsupported is not None:
         return PointPrediction(point, None, None)
     users = point.concurrency
-    total = users * rounds
-    window = SteadyWindow(users, total)
-    requests = [Request(str(i), 0.0, point.isl, point.osl) for i in range(total)]
+    warmup, measured = users * protocol.warmup_rounds, users * protocol.rounds
+    window = MeasuredWindow(users, measured, warmup=warmup, steady=protocol.steady)
+    requests = [Request(str(i), 0.0, point.isl, point.osl) for i in range(warmup + measured)]
     if point.mode == "agg":
         (role,) = point.roles
-        sim = Simulation(requests, engine=_engine(point, role, profile), concurrency=users)
+        sim = Simulation(requests, engine=_engine(point, role, profile), concurrency=users, warmup=warmup)
     else:
         prefill_role, decode_role = point.roles
         prefill, decode = _engine(point, prefill_role, profile), _engine(point, decode_role, profile)
@@ -83,7 +118,8 @@ def predict_point(point: PointDeployment, *, profile: str | None = None,
         disagg = DisaggConfig(prefill_role.workers, decode_role.workers, prefill, decode,
                               kv_bytes_per_token=prefill.kv_bytes_per_token, link_bandwidth=bandwidth,
                               link_latency=latency)
-        sim = Simulation(requests, engine=None, disagg=disagg, router="least_outstanding", concurrency=users)
+        sim = Simulation(requests, engine=None, disagg=disagg, router="least_outstanding", concurrency=users,
+                         warmup=warmup)
     ttft, tpot = [], []
     for record in sim:
         if window.measured(record) and record.ok:
@@ -94,12 +130,13 @@ def predict_point(point: PointDeployment, *, profile: str | None = None,
                            float(np.mean(tpot)) if tpot else None)
 
 
-def predict_points(points: Sequence[PointDeployment], *, profile: str | None = None, rounds: int = ROUNDS,
+def predict_points(points: Sequence[PointDeployment], *, profile: str | None = None,
+                   protocol: Protocol = COLLECTED,
                    progress: Callable[[int], None] | None = None) -> list[PointPrediction]:
     """`predict_point` for every point, in order; `progress(done)` after each."""
     out = []
     for i, point in enumerate(points):
-        out.append(predict_point(point, profile=profile, rounds=rounds))
+        out.append(predict_point(point, profile=profile, protocol=protocol))
         if progress is not None:
             progress(i + 1)
     return out

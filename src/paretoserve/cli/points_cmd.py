@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from paretoserve.calibrate.point_replay import PointPrediction, error_summary, predict_points
+from paretoserve.calibrate.point_replay import COLLECTED, STEADY, PointPrediction, error_summary, predict_points
 from paretoserve.calibrate.points import map_row, parse_where, read_points, select
 from paretoserve.cli.app import console
 from paretoserve.errors import UserError
@@ -53,8 +53,10 @@ def summary_table(summary: dict, title: str) -> Table:
 
 
 def validate_points(points: Path, *, where: str | None, profile: Path | None, out: Path | None,
-                    as_json: bool) -> None:
-    """Map, predict and summarise the rows of `points` (see `paretoserve.calibrate.points`)."""
+                    as_json: bool, steady_state: bool = False) -> None:
+    """Map, predict and summarise the rows of `points` (see `paretoserve.calibrate.points`), replayed
+    as collected or, with `steady_state`, as the steady-state closed loop
+    (`paretoserve.calibrate.point_replay`)."""
     inputs = (points, profile)
     if out is not None:  # before the predictions: a new folder or an earlier one of this command
         claim_folder(out, OUT_COMMAND, inputs=inputs)
@@ -62,15 +64,18 @@ def validate_points(points: Path, *, where: str | None, profile: Path | None, ou
     if not rows:
         raise UserError(f"no row of {points} matches --where {where!r}", field="where")
     deployments = [map_row(row, line, str(points)) for line, row in rows]
-    predictions = predict_points(deployments, profile=str(profile) if profile else None)
+    protocol = STEADY if steady_state else COLLECTED
+    predictions = predict_points(deployments, profile=str(profile) if profile else None, protocol=protocol)
     summary = error_summary(predictions)
     step_model = f"calibrated profile {profile}" if profile else "datasheet roofline"
-    summary = {"estimated": True, "points": str(points), "where": where, "step_model": step_model, **summary}
+    summary = {"estimated": True, "points": str(points), "where": where, "step_model": step_model,
+               "protocol": protocol.name, **summary}
     if as_json:
         typer.echo(json.dumps(summary))
     else:
         console.print(summary_table(summary, f"Predicted ({step_model}) vs measured mean TTFT/TPOT of {points.name}: "
                                              "|error| median and p90, mean signed error"))
+        console.print(f"[dim]replayed {protocol.name}[/]", highlight=False)
         if summary["unsupported"]:
             console.print("[bold]not represented yet[/] (rows · what the model lacks; a row may lack several, "
                           f"see {PREDICTIONS_FILE}):")
@@ -83,7 +88,7 @@ def validate_points(points: Path, *, where: str | None, profile: Path | None, ou
     with building_folder(out, OUT_COMMAND, inputs=inputs) as tmp:
         (tmp / PREDICTIONS_FILE).write_text(predictions_csv(predictions), encoding="utf-8")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-        points_report(predictions, summary, title=f"Measured points: {points.name}", step_model=step_model,
-                      out_path=tmp / "report.html")
+        points_report(predictions, summary, title=f"Measured points: {points.name}",
+                      step_model=f"{step_model}, replayed {protocol.name}", out_path=tmp / "report.html")
     if not as_json:
         console.print(f"wrote {out / PREDICTIONS_FILE}, {out / 'summary.json'} and {out / 'report.html'}")

@@ -61,8 +61,16 @@ def simulate_cmd(
         None, "--concurrency", min=1,
         help="Alone: a closed loop of C users, each sending its next request when its previous one "
              "completes (like vllm bench serve --max-concurrency); needs --requests; the first 2C and "
-             "last C completions (warm-up, cool-down) are left out of the summary. With "
+             "last C completions (warm-up, cool-down) are left out of the summary (see --window). With "
              "--rate/--arrival: at most C in flight."),
+    warmup: int = typer.Option(
+        0, "--warmup", min=0,
+        help="Closed loop: N warm-up requests first, drained before the --requests measured ones start "
+             "(all C users at once) and never summarised, like aiperf --warmup-request-count N."),
+    window: str = typer.Option(
+        "steady", "--window",
+        help="Closed loop: which measured requests are summarised: steady (leave out the first 2C and "
+             "last C completions) or all (ramp-up and drain included, as aiperf reports a run)."),
     policy: str = typer.Option("vllm", "--policy", help=f"Scheduling policy: {', '.join(POLICY_NAMES)}."),
     policy_option: Annotated[list[str] | None,
                              typer.Option("--policy-option", help="KEY=NUMBER, repeatable.")] = None,
@@ -94,7 +102,8 @@ def simulate_cmd(
             model=model, hardware=hardware, tp=tp, pp=pp, replicas=replicas, router=router, disagg=disagg,
             prefill_tp=prefill_tp, decode_tp=decode_tp, trace=trace, arrival=arrival, rate=rate,
             rate_scale=rate_scale, requests=requests, duration_s=duration, prompt=prompt, output=output,
-            seed=seed, concurrency=concurrency, policy=policy, policy_options=_policy_options(policy_option or []),
+            seed=seed, concurrency=concurrency, warmup=warmup, window=window, policy=policy,
+            policy_options=_policy_options(policy_option or []),
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             gpu_memory_utilization=gpu_memory_utilization, kv_tokens=kv_tokens, block_size=block_size,
             prefix_caching=not no_prefix_caching, weight_dtype=weight_dtype, kv_dtype=kv_dtype, profile=profile,

@@ -24,6 +24,10 @@ def validate_cmd(
                          "loop it was measured with.")] = None,
     where: str | None = typer.Option(None, "--where", help="With --points: only rows with these column "
                                                            "values, e.g. 'backend=vllm,model=Qwen/Qwen3-32B'."),
+    steady_state: bool = typer.Option(
+        False, "--steady-state", help="With --points: replay each row as the plain steady-state closed loop "
+                                      "(5C requests, first 2C and last C left out) instead of as collected "
+                                      "(aiperf: 2C warm-up drained, 20C measured, ramp-up and drain in the mean)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON (for scripts)."),
     profile: Annotated[Path | None, typer.Option(
         "--profile", help="Profile of the run's device (default: the datasheet roofline).")] = None,
@@ -50,10 +54,12 @@ def validate_cmd(
     if points is not None:
         from paretoserve.cli.points_cmd import validate_points
 
-        validate_points(points, where=where, profile=profile, out=out, as_json=as_json)
+        validate_points(points, where=where, profile=profile, out=out, as_json=as_json, steady_state=steady_state)
         return
-    if where is not None:
-        raise UserError("--where filters --points rows; a --measured run is replayed whole", field="where")
+    if where is not None or steady_state:
+        raise UserError(f"{'--where' if where is not None else '--steady-state'} applies to --points rows; "
+                        "a --measured run is replayed whole, as measured",
+                        field="where" if where is not None else "steady-state")
     import importlib.metadata
 
     from paretoserve.calibrate.run_fit import compare_table, run_fingerprint, run_setup, simulate_setup, step_model_for

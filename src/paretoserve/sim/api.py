@@ -14,7 +14,7 @@ from paretoserve.metrics.slo import parse_slo
 from paretoserve.metrics.summary import Summary, SummaryBuilder
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.runs import RunWriter
-from paretoserve.sim.closed_loop import SteadyWindow
+from paretoserve.sim.closed_loop import MeasuredWindow
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.deployment import build_deployment
 from paretoserve.sim.energy import ACTIVITY_NOTE, cost_usd, energy_joules
@@ -37,7 +37,7 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
              replicas: int = 1, router: str = "round_robin", disagg: DisaggConfig | None = None,
              fast: bool = True, on_itl: Callable[[float, int], None] | None = None,
              on_iteration: Callable[[IterationRow], None] | None = None,
-             concurrency: int | None = None) -> Simulation:
+             concurrency: int | None = None, warmup: int = 0) -> Simulation:
     """Simulate serving `requests` (sorted by arrival) and stream one `RequestRecord` per request.
 
     Every replica runs `step_model` with `kv_tokens` tokens of KV cache (see `EngineConfig` for the
@@ -48,7 +48,8 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
     receives one row per engine step. `fast=False` takes every iteration one at a time (the
     reference for the fast path). `concurrency` caps the requests in flight: each is sent at
     max(its `arrival_s`, the previous send, a free slot) — with every arrival at 0, a closed loop of
-    that many users, each sending its next request when its previous one completes (see
+    that many users, each sending its next request when its previous one completes; with `warmup`,
+    the first `warmup` requests are a warm-up phase that drains before the rest are sent (see
     `paretoserve.sim.closed_loop`).
 
     Example:
@@ -69,7 +70,8 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
             kv_bytes_per_token=kv_bytes_per_token, swap_bandwidth=swap_bandwidth,
             max_model_len=max_model_len, devices=devices)
     return Simulation(requests, engine=engine, replicas=replicas, router=router, disagg=disagg,
-                      fast=fast, on_itl=on_itl, on_iteration=on_iteration, concurrency=concurrency)
+                      fast=fast, on_itl=on_itl, on_iteration=on_iteration, concurrency=concurrency,
+                      warmup=warmup)
 
 
 def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
@@ -82,9 +84,11 @@ def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
     The folder holds config.yaml (the config and the derived deployment figures), requests.jsonl
     (one record per request, in completion order), summary.json and, with
     `config.iteration_trace`, iterations.csv. A closed-loop run (`config.closed_loop`) sends its
-    `requests` requests from `concurrency` users and summarises only the measured ones (the
-    `SteadyWindow` rule: the first 2·C and the last C completions are warm-up and cool-down; they
-    stay in requests.jsonl marked `extra.phase`, and ITL counts the steps taken between the two).
+    `config.warmup` warm-up requests and then `requests` measured ones from `concurrency` users, and
+    summarises the measured ones (`MeasuredWindow`: with `config.window` = "steady" the first 2·C
+    and the last C of them are left out as warm-up and cool-down; with "all" none is). Records
+    left out stay in requests.jsonl marked `extra.phase`, and ITL counts the steps taken while
+    measuring.
     Nothing is left at `out_dir` if the run fails or is
     interrupted. `progress(simulated_s, requests_done)` is called every few hundred requests.
     Everything is deterministic: the same config gives byte-identical files.
@@ -107,7 +111,7 @@ def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
     sim = Simulation(workload, engine=engine, replicas=deployment.replicas, router=config.router,
                      disagg=deployment.disagg, fast=config.fast, on_itl=on_itl,
                      on_iteration=on_iteration if config.iteration_trace else None,
-                     concurrency=config.concurrency)
+                     concurrency=config.concurrency, warmup=config.warmup)
     record_config = {
         "command": "simulate",
         "paretoserve_version": importlib.metadata.version("paretoserve"),
@@ -142,27 +146,33 @@ def simulate_run(config: SimulateConfig, out_dir: str | Path, *,
     return summary
 
 
-def _window(config: SimulateConfig) -> SteadyWindow | None:
+def _window(config: SimulateConfig) -> MeasuredWindow | None:
     """The measured window of a closed-loop run (None: every request is summarised)."""
     if not config.closed_loop:
+        if config.warmup or config.window != "steady":
+            raise UserError("--warmup and --window shape a closed loop (--concurrency without a rate)",
+                            field="warmup" if config.warmup else "window")
         return None
     if config.requests is None:
         raise UserError("a closed-loop run (--concurrency without a rate) needs --requests", field="requests")
     if config.duration_s is not None:
         raise UserError("a closed-loop run is sized by --requests, not --duration", field="duration_s")
     assert config.concurrency is not None
-    return SteadyWindow(config.concurrency, config.requests)
+    return MeasuredWindow(config.concurrency, config.requests, warmup=config.warmup,
+                          steady=config.window == "steady")
 
 
 def _workload(config: SimulateConfig, max_context: int) -> Iterator[Request]:
-    """The requests of `config`; in a closed loop all due at 0 s (the users send them in order)."""
+    """The requests of `config`; in a closed loop the warm-up and then the measured requests, all due
+    at 0 s (the users send them in order)."""
     if not config.closed_loop:
         return iter_workload(config.trace, arrival=config.arrival, rate=config.rate,
                              rate_scale=config.rate_scale, requests=config.requests,
                              duration_s=config.duration_s, prompt=config.prompt, output=config.output,
                              seed=config.seed, max_context=max_context)
+    assert config.requests is not None
     source = iter_workload(config.trace, arrival="trace" if config.trace else "constant",
-                           rate=None if config.trace else 1.0, requests=config.requests,
+                           rate=None if config.trace else 1.0, requests=config.warmup + config.requests,
                            duration_s=config.duration_s, prompt=config.prompt, output=config.output,
                            seed=config.seed, max_context=max_context)
     return (replace(r, arrival_s=0.0) for r in source)

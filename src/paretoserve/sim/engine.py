@@ -103,14 +103,16 @@ class Simulation:
         concurrency: at most this many requests in flight, each sent no earlier than its
             `arrival_s` (all arrivals 0: a closed loop of that many users); see `CappedClient`.
             Records then carry `extra["user"]`.
+        warmup: with `concurrency`, the first `warmup` requests are a warm-up phase that drains
+            before the rest are sent (`CappedClient`); their records carry `extra["phase"]`.
     """
 
     def __init__(self, requests: Iterable[Request], *, engine: EngineConfig | None, replicas: int = 1,
                  router: str = "round_robin", disagg: DisaggConfig | None = None, fast: bool = True,
                  on_itl: Callable[[float, int], None] | None = None,
                  on_iteration: Callable[[IterationRow], None] | None = None,
-                 concurrency: int | None = None) -> None:
-        self._client = None if concurrency is None else CappedClient(requests, concurrency)
+                 concurrency: int | None = None, warmup: int = 0) -> None:
+        self._client = None if concurrency is None else CappedClient(requests, concurrency, warmup=warmup)
         self._requests = requests if self._client is None else self._client.requests()
         self._outbox: list[RequestRecord] = []
         self._heap: list[tuple[float, int, int, object, int]] = []

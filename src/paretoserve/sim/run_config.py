@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from paretoserve.sim.energy import DEFAULT_ACTIVITY
@@ -19,8 +21,10 @@ class SimulateConfig(BaseModel):
     Workload (see `paretoserve.workload.synthetic.iter_workload`): `trace`, `arrival`, `rate` or
     `rate_scale`, `requests`, `duration_s`, `prompt`, `output`, `seed`; `concurrency` caps the
     requests in flight, and alone (no rate, rate scale or arrival process) makes the run a closed
-    loop of that many users over `requests` requests, summarised without warm-up and cool-down
-    (`paretoserve.sim.closed_loop.SteadyWindow`). Reporting: `slo`,
+    loop of that many users over `warmup` warm-up requests (drained before the measured ones start)
+    and `requests` measured ones, summarised by `window`: "steady" leaves out the first 2·C and
+    last C measured completions, "all" keeps the ramp-up and drain as aiperf does
+    (`paretoserve.sim.closed_loop`). Reporting: `slo`,
     `activity` (energy model), `iteration_trace`; `fast=False` simulates iteration by iteration.
     """
 
@@ -45,6 +49,8 @@ class SimulateConfig(BaseModel):
     output: str | None = None
     seed: int = 0
     concurrency: int | None = Field(None, ge=1)
+    warmup: int = Field(0, ge=0)
+    window: Literal["steady", "all"] = "steady"
     policy: str = "vllm"
     policy_options: dict[str, float] = Field(default_factory=dict)
     max_num_seqs: int = Field(256, ge=1)

@@ -6,7 +6,10 @@ what was covered. Errors are relative, (predicted − measured) / measured, in %
 
 1. H100 serving points (shared/data/silicon, 917 rows): `validate --points` per group (model ×
    engine × mode) and overall — coverage, median and p90 |error| of mean TTFT and mean TPOT. Rows the
-   model cannot represent yet are counted out with their reason (see `validate --points`).
+   model cannot represent yet are counted out with their reason (see `validate --points`). Each row
+   is replayed as collected (`paretoserve.calibrate.point_replay.COLLECTED`: 2C warm-up requests
+   drained, then all 20C measured requests, uncapped, in the mean; about 3× the simulation time of
+   the old 5C steady-state loop, a few seconds of this benchmark's minute).
 2. The real vLLM 0.19 run (RTX 4090, Llama-3.1-8B, 300 ShareGPT requests) replayed as
    `validate --measured` does: signed error of mean and p90 TTFT, TPOT, E2E (datasheet only: there
    are no RTX 4090 kernel tables).

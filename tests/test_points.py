@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import paretoserve.cli.commands  # noqa: F401  (registers the commands)
 from browser import render_in_chromium
-from paretoserve.calibrate.point_replay import PointPrediction, error_summary, predict_point
+from paretoserve.calibrate.point_replay import COLLECTED, STEADY, PointPrediction, error_summary, predict_point
 from paretoserve.calibrate.points import PointDeployment, Role, map_row, parse_where, read_points, select
 from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
@@ -190,3 +190,29 @@ def test_validate_points_cli_writes_predictions_and_summary(tmp_path):
     assert source.exists()
     both = CliRunner().invoke(app, ["validate", "--points", str(source), "--measured", str(tmp_path)])
     assert both.exit_code == 2 and "give one of" in both.output
+
+
+def test_validate_points_collected_by_default_and_steady_state_on_request(tmp_path):
+    """The default replay is the collected protocol (2C warm-up drained, 20C measured from a
+    simultaneous start, all in the mean), `--steady-state` the plain steady-state loop; the JSON
+    names the protocol and its error is the row's `predict_point` under it. On the c16 DENSE row
+    the two differ: the collected mean carries the first wave's prefill queue."""
+    source = tmp_path / "points.csv"
+    with open(POINTS, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields = reader.fieldnames
+        chosen = [r for r in reader if r["id"] == DENSE]
+    with open(source, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(chosen)
+    for flags, protocol in (([], COLLECTED), (["--steady-state"], STEADY)):
+        result = CliRunner().invoke(app, ["validate", "--points", str(source), "--json", *flags])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.output)
+        assert summary["protocol"] == protocol.name
+        expected = predict_point(point(DENSE), protocol=protocol).error("ttft")
+        assert summary["overall"]["ttft"]["mean_signed"] == pytest.approx(expected)
+    assert predict_point(point(DENSE)).ttft_s != pytest.approx(predict_point(point(DENSE), protocol=STEADY).ttft_s)
+    refused = CliRunner().invoke(app, ["validate", "--measured", str(tmp_path), "--steady-state"])
+    assert refused.exit_code == 2 and "--steady-state applies to --points" in refused.output

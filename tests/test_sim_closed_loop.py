@@ -5,6 +5,10 @@ With a constant step time every user's requests run in lockstep, so the hand cal
 a request of P prompt and M output tokens takes M steps (the first token comes with the prefill
 step, then M - 1 decode steps), and C users complete C requests every M steps — Little's law,
 throughput = C / (M × step).
+
+The collected protocol (aiperf, `paretoserve.sim.closed_loop`): a warm-up phase of W requests that
+drains, then the measured requests with all C users sending at once; checked against the same
+kind of hand calculation with an engine that runs k sequences at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from paretoserve.errors import UserError
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.perf.constant import LinearStepModel
 from paretoserve.sim.api import simulate, simulate_run
-from paretoserve.sim.closed_loop import SteadyWindow
+from paretoserve.sim.closed_loop import MeasuredWindow
 from paretoserve.sim.run_config import SimulateConfig
 from paretoserve.workload.request import Request
 
@@ -28,11 +32,11 @@ STEP = 0.01
 
 
 def _closed(users: int, n: int, prompt: int, output: int, *, max_num_seqs: int = 256,
-            step: LinearStepModel | None = None):
+            step: LinearStepModel | None = None, warmup: int = 0):
     requests = [Request(str(i), 0.0, prompt, output) for i in range(n)]
     return list(simulate(requests, step_model=step or LinearStepModel(STEP), kv_tokens=1 << 20,
                          max_num_seqs=max_num_seqs, max_num_batched_tokens=1 << 16, prefix_caching=False,
-                         concurrency=users))
+                         concurrency=users, warmup=warmup))
 
 
 def _check_users(records, users: int) -> None:
@@ -66,7 +70,7 @@ def test_lockstep_closed_loop_obeys_littles_law(users, rounds, prompt, output):
         assert r.arrival_s == pytest.approx((i // users) * cycle)
         assert r.e2e_s == pytest.approx(cycle)
     # The summary of the measured window: throughput is C / (time per request), exactly.
-    window = SteadyWindow(users, n)
+    window = MeasuredWindow(users, n)
     measured = [r for r in records if window.measured(r)]
     assert len(measured) == n - 3 * users
     span = max(r.last_token_s for r in measured) - min(r.arrival_s for r in measured)
@@ -89,6 +93,72 @@ def test_users_never_overlap_with_mixed_lengths_and_a_small_engine(users, seqs, 
     assert all(r.arrival_s == 0.0 for r in sends[:users])
     for i, r in enumerate(sends[users:], start=users):
         assert any(q.last_token_s == r.arrival_s for q in sends[:i])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seqs=st.integers(1, 4), groups=st.integers(1, 4), rounds=st.integers(5, 20), prompt=st.integers(1, 300),
+       output=st.integers(2, 20))
+def test_collected_protocol_by_hand(seqs, groups, rounds, prompt, output):
+    """Hand calculation: C = g·k users, an engine of k sequences with a constant step s, so requests
+    are served k at a time, each group M steps (cycle = M·s). In a phase starting at t0, the phase's
+    request j is served from t0 + (j // k)·cycle, sent at t0 (j < C) or at the completion of its
+    user's previous request j − C, t0 + ((j − C) // k + 1)·cycle. So TTFT = (j // k)·cycle + s in the
+    ramp (j < C) and (g − 1)·cycle + s after it, E2E = g·cycle after the ramp. The warm-up phase of
+    W = 2C requests ends at t0 = (W / k)·cycle, where all C users send at once."""
+    k, g = seqs, groups
+    users, cycle = k * g, output * STEP
+    warmup, n = 2 * users, rounds * users
+    records = _closed(users, warmup + n, prompt, output, max_num_seqs=k, warmup=warmup)
+    _check_users(records, users)
+    by_id = {int(r.request_id): r for r in records}
+    window = MeasuredWindow(users, n, warmup=warmup, steady=False)
+    summarised = sorted(int(r.request_id) for r in records if window.measured(r))
+    assert summarised == list(range(warmup, warmup + n))  # exactly the warm-up requests left out
+    assert all(by_id[i].extra.get("phase") == "warmup" for i in range(warmup))
+    t0 = (warmup // k) * cycle
+    assert t0 == pytest.approx(max(by_id[i].last_token_s for i in range(warmup)))  # the warm-up drained
+    for phase_start, first, count in ((0.0, 0, warmup), (t0, warmup, n)):
+        for j in range(count):
+            r = by_id[first + j]
+            sent = phase_start if j < users else phase_start + ((j - users) // k + 1) * cycle
+            assert r.arrival_s == pytest.approx(sent)
+            ttft = (j // k) * cycle + STEP if j < users else (g - 1) * cycle + STEP
+            assert r.ttft_s == pytest.approx(ttft)
+            if j >= users:
+                assert r.e2e_s == pytest.approx(g * cycle)
+    mean = STEP + cycle * (k * g * (g - 1) / 2 + (n - users) * (g - 1)) / n
+    assert sum(by_id[i].ttft_s for i in summarised) / n == pytest.approx(mean)
+    # Little's law in the steady window: C = completion rate × mean time in the system.
+    steady = MeasuredWindow(users, n, warmup=warmup)
+    kept = [r for r in sorted(records, key=lambda r: (r.last_token_s, int(r.request_id))) if steady.measured(r)]
+    assert len(kept) == n - 3 * users
+    done = [r.last_token_s for r in kept]
+    rate = (len(kept) - k) / (done[-1] - done[0])
+    assert rate * sum(r.e2e_s for r in kept) / len(kept) == pytest.approx(users)
+
+
+def test_simulate_run_collected_protocol(tmp_path):
+    """`--warmup 2C --window all`: the 2C warm-up records come first in requests.jsonl, marked and left
+    out; the 20C measured ones are all summarised. With every user in one batch (C ≤ max_num_seqs)
+    and a roofline step, each phase opens with the same prefill of C prompts, so the first measured
+    TTFT equals the first warm-up TTFT."""
+    users, n = 3, 60
+    config = SimulateConfig(model="SmolLM2-135M-Instruct", hardware="l4", prompt="fixed:128", output="fixed:6",
+                            requests=n, concurrency=users, warmup=2 * users, window="all", kv_tokens=1 << 16,
+                            prefix_caching=False)
+    summary = simulate_run(config, tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
+    assert len(lines) == n + 2 * users and summary.completed == n
+    phases = [line.get("extra", {}).get("phase") for line in lines]
+    assert phases == ["warmup"] * (2 * users) + [None] * n
+    warm_end = max(x["last_token_s"] for x in lines[:2 * users])
+    measured = lines[2 * users:]
+    assert min(x["arrival_s"] for x in measured) == pytest.approx(warm_end)
+    assert [x["arrival_s"] for x in measured[:users]] == [pytest.approx(warm_end)] * users
+    first_ttft = lines[0]["first_token_s"] - lines[0]["arrival_s"]
+    assert measured[0]["first_token_s"] - measured[0]["arrival_s"] == pytest.approx(first_ttft)
+    with pytest.raises(UserError, match="shape a closed loop"):
+        simulate_run(config.model_copy(update={"rate": 5.0, "arrival": "poisson"}), tmp_path / "open")
 
 
 def test_simulate_run_closed_loop_summary_and_window(tmp_path):
@@ -135,3 +205,9 @@ def test_cli_concurrency_closed_loop_and_capped_open_loop(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "open" / "requests.jsonl").read_text().splitlines()]
     assert len(lines) == 40 and json.loads((tmp_path / "open" / "summary.json").read_text())["completed"] == 40
     _check_users([RequestRecord.from_dict(x) for x in lines], 4)
+    collected = CliRunner().invoke(app, [*base, "--warmup", "8", "--window", "all", "--out", str(tmp_path / "aiperf")])
+    assert collected.exit_code == 0, collected.output
+    assert json.loads((tmp_path / "aiperf" / "summary.json").read_text())["completed"] == 40
+    assert len((tmp_path / "aiperf" / "requests.jsonl").read_text().splitlines()) == 48
+    bad = CliRunner().invoke(app, [*base, "--window", "middle", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "window" in bad.output

@@ -15,7 +15,9 @@ benchmark harness", and aiperf 0.3.0's source where the facts stop):
 - summary: the mean over all 20·C measured requests of TTFT and of per-request TPOT (aiperf's
   statistics are taken across the run's requests: the ramp-up and the drain are inside the mean).
 The facts leave open which harness variant produced each row (the Kubernetes one sends 50·C, the
-sflow one warms up with C) and the client's own per-request overhead, which is not simulated.
+sflow one warms up with C) and the client's own per-request overhead, which is not simulated. No
+start offsets or think time are added: the harness passes no concurrency ramp and aiperf has no
+think time in this mode, so the users' lock-step start is part of what was measured.
 
 `STEADY` is the plain steady-state closed loop instead: 5·C requests, no warm-up phase, the first
 2·C and last C completions left out (`paretoserve.sim.closed_loop.MeasuredWindow`).

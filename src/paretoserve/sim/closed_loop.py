@@ -10,11 +10,14 @@ flight.
 
 With `warmup` = W the first W requests are a warm-up phase run the same way, and the first measured
 request waits until every warm-up request has completed; then the free users all send at that
-instant. This is aiperf's `--warmup-request-count W` (aiperf 0.3.0, the version AIC's sflow harness
-pins — engine_facts.md §1 "AIC's benchmark harness": `aiperf/timing/credit_issuing_strategy.py`
-`_execute_phases` waits for every credit of a phase to return before the next phase starts, and the
+instant. This is aiperf's `--warmup-request-count W` (engine_facts.md §1 "AIC's benchmark harness"
+names the client and its flags; the phase rules are read from aiperf's source. aiperf 0.3.0, the
+version AIC's sflow harness pins: `aiperf/timing/credit_issuing_strategy.py` `_execute_phases`
+waits for every credit of a phase to return before the next phase starts, and the
 concurrency-burst rate generator of `request_rate_strategy.py` issues credits with no delay, so the
-profiling phase opens with all C users sending at once).
+profiling phase opens with all C users sending at once. aiperf 0.13.0 keeps both by default in
+`aiperf/timing/config.py`: a warm-up phase is never `seamless`, and `concurrency_ramp_duration_sec`
+None means "concurrency starts at target immediately").
 
 A completion is seen as the simulation streams its record, before the simulator's next event: the
 request that waits for a slot has `arrival_s` = ∞ until then, and the simulator reads the next

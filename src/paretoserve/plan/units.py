@@ -186,7 +186,7 @@ def _run_once(trace: list[Request], engine: EngineConfig, slo: Slo, checks: tupl
                    policy=engine.policy, max_num_seqs=engine.max_num_seqs,
                    max_num_batched_tokens=engine.max_num_batched_tokens, prefix_caching=engine.prefix_caching,
                    kv_bytes_per_token=engine.kv_bytes_per_token, max_model_len=engine.max_model_len,
-                   devices=engine.devices, on_itl=builder.add_itl)
+                   devices=engine.devices, on_itl=builder.add_itl, kv_layout=engine.kv_layout)
     thresholds = {m: slo.threshold_s(m) for m in checks}
     allowed_misses = math.floor((1.0 - slo.attainment_target) * len(trace) + 1e-9)
     ok = misses = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -217,16 +217,14 @@ class ModuleDtypes:
         """Every module in `dtype` (an unquantized checkpoint)."""
         return cls(dtype, dtype, dtype, dtype, dtype, dtype)
 
-    def of(self, kind: ModuleKind) -> str:
-        """The dtype of module kind `kind`."""
+    def of(self, kind: str) -> str:
+        """The dtype of module kind `kind` (a `ModuleKind`)."""
         return getattr(self, kind)
 
     def requantized(self, dtype: str) -> ModuleDtypes:
         """These dtypes with the quantizable kinds not in `kept` stored in `dtype` (a user's
         --weight-dtype override); router, embedding and LM head keep theirs."""
-        changes = {kind: dtype for kind in _QUANTIZABLE if kind not in self.kept}
-        return ModuleDtypes(**{**{k: self.of(k) for k in _QUANTIZABLE + ("router", "embedding", "lm_head")},
-                               **changes}, kept=self.kept)
+        return replace(self, **{kind: dtype for kind in _QUANTIZABLE if kind not in self.kept})
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def weight_bytes(model: ModelSpec, weight_dtype: str | None = None) -> float:
     """Bytes of all weights, each module kind in its dtype (`ModelSpec.dtypes`; `weight_dtype`
     overrides the quantizable modules). Norms stay in the unquantized dtype of the embedding."""
     dtypes = model.dtypes(normalize_dtype(weight_dtype) if weight_dtype else None)
-    return sum(count * dtype_bytes(dtypes.of("embedding" if kind == "norm" else kind))  # type: ignore[arg-type]
+    return sum(count * dtype_bytes(dtypes.of("embedding" if kind == "norm" else kind))
                for kind, count in model.params_by_module.items())
 
 
@@ -131,7 +131,8 @@ def kv_layout(model: ModelSpec, tp: int, pp: int, kv_dtype: str | None,
 
     GQA heads shard across TP ranks up to the number of KV heads (beyond that they are replicated);
     the MLA latent is replicated on every TP rank; Mamba state shards with its heads; layers split
-    evenly across PP stages. UserError for a model without attention layers (nothing grows).
+    evenly across PP stages. Sliding-window layers of different windows are all capped at the
+    largest. UserError for a model without attention layers (nothing grows).
     """
     kvb = dtype_bytes(kv_dtype or "bf16")
     growing = window = state = 0.0

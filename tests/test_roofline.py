@@ -89,7 +89,8 @@ def test_kv_capacity_by_hand():
     weights = 8_030_261_248 * 2  # bf16
     reserve = 0.75 * 2**30 + 2048 * (3 * 14336 + 4 * 4096) * 2 + 256 * VOCAB * 4
     free = 0.9 * 80e9 - weights - reserve
-    assert cap.tokens == int(free // (32 * 2 * 8 * 128 * 2))
+    # vLLM cuts the free memory into whole 16-token blocks of 32 layers × 2 × 8 heads × 128 × 2 bytes.
+    assert cap.blocks == int(free // (16 * 32 * 2 * 8 * 128 * 2)) and cap.tokens == cap.blocks * 16
     assert cap.max_sequences(4096) == cap.tokens // 4096
 
 

@@ -267,10 +267,7 @@ def map_row(row: dict[str, str], line: int, where: str = "") -> PointDeployment:
     if dtype_problem:
         problems.append(dtype_problem)
     weight = weight or "bf16"
-    compute = weight if weight in ("fp8", "fp4") and device is not None and weight in device.flops else "bf16"
-    if gemm_compute_dtype(weight) != compute:
-        problems.append(f"{weight} weights compute in {compute} on {row['system']} (no {weight} math: "
-                        f"weight-only); the step model computes them in {gemm_compute_dtype(weight)}")
+    compute = gemm_compute_dtype(weight, device) if device is not None else "bf16"
     if mode == "agg":
         roles: tuple[Role, ...] = (_role(row, "agg", where, line, isl),)
         concurrency = roles[0].batch_size * roles[0].attention_dp

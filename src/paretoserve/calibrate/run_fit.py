@@ -242,6 +242,7 @@ def simulate_setup(setup: RunSetup, step_model: Any) -> list[RequestRecord]:
     With a cap on requests in flight, the requests go out in their recorded order, each at its
     scheduled time or when a completion frees a slot (`paretoserve.sim.closed_loop.CappedClient`).
     """
+    from paretoserve.perf.memory import kv_layout
     from paretoserve.sim.api import simulate
 
     requests = setup.requests
@@ -254,7 +255,8 @@ def simulate_setup(setup: RunSetup, step_model: Any) -> list[RequestRecord]:
                    max_model_len=max(setup.model.max_position_embeddings,
                                      max(q.prompt_tokens + q.output_tokens for q in setup.requests)),
                    devices=setup.tp * setup.pp, concurrency=setup.max_in_flight, replicas=setup.replicas,
-                   router="least_outstanding")
+                   router="least_outstanding",
+                   kv_layout=kv_layout(setup.model, setup.tp, setup.pp, setup.kv_dtype, setup.block_size))
     return list(sim)
 
 

@@ -9,8 +9,9 @@ Llama 4, DeepSeek-V3, Kimi-K2, Gemma 4), MLA attention (DeepSeek-V3, Kimi-K2), s
 from __future__ import annotations
 
 import difflib
+import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -185,6 +186,47 @@ class ParamCount:
     lm_head: int
 
 
+#: Module kinds that carry their own weight dtype: token mixers (attention, MLA and Mamba
+#: projections), dense FFNs and shared experts, routed experts, the MoE router, the input embedding
+#: and the LM head.
+ModuleKind = Literal["attention", "mlp", "experts", "router", "embedding", "lm_head"]
+_QUANTIZABLE: tuple[ModuleKind, ...] = ("attention", "mlp", "experts")
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleDtypes:
+    """Stored weight dtype of each module kind of a checkpoint.
+
+    A quantized checkpoint quantizes attention, FFN and expert weights except the kinds it lists as
+    unquantized (`kept`: from `modules_to_not_convert`, `ignore`, `ignored_layers` or ModelOpt's
+    `exclude_modules`); routers and the input embedding stay in the unquantized dtype as vLLM loads
+    them, and the LM head too unless the config says `lm_head: true` (GPTQ). This is the one LM-head
+    dtype rule: the step models and the memory model both read `lm_head` from here.
+    """
+
+    attention: str
+    mlp: str
+    experts: str
+    router: str
+    embedding: str
+    lm_head: str
+    kept: frozenset[str] = frozenset()
+
+    @classmethod
+    def uniform(cls, dtype: str) -> ModuleDtypes:
+        """Every module in `dtype` (an unquantized checkpoint)."""
+        return cls(dtype, dtype, dtype, dtype, dtype, dtype)
+
+    def of(self, kind: str) -> str:
+        """The dtype of module kind `kind` (a `ModuleKind`)."""
+        return getattr(self, kind)
+
+    def requantized(self, dtype: str) -> ModuleDtypes:
+        """These dtypes with the quantizable kinds not in `kept` stored in `dtype` (a user's
+        --weight-dtype override); router, embedding and LM head keep theirs."""
+        return replace(self, **{kind: dtype for kind in _QUANTIZABLE if kind not in self.kept})
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A decoder-only transformer's architecture.
@@ -197,8 +239,9 @@ class ModelSpec:
         layers: every decoder layer in order.
         tie_embeddings: LM head shares the embedding matrix.
         max_position_embeddings: longest context the model supports, in tokens.
-        weight_dtype: native weight dtype ("bf16", "fp8", "fp4", ...).
+        weight_dtype: native dtype of the bulk of the weights ("bf16", "fp8", "fp4", ...).
         source: where the config came from (file path).
+        module_dtypes: stored dtype of each module kind (default: all `weight_dtype`).
     """
 
     name: str
@@ -210,6 +253,15 @@ class ModelSpec:
     max_position_embeddings: int
     weight_dtype: str
     source: str
+    module_dtypes: ModuleDtypes | None = None
+
+    def dtypes(self, weight_dtype: str | None = None) -> ModuleDtypes:
+        """Per-module weight dtypes, with the quantizable modules in `weight_dtype` when that
+        overrides the checkpoint's own dtype (None: as the checkpoint stores them)."""
+        native = self.module_dtypes or ModuleDtypes.uniform(self.weight_dtype)
+        if weight_dtype is None or weight_dtype == self.weight_dtype:
+            return native
+        return native.requantized(weight_dtype)
 
     @cached_property
     def layer_groups(self) -> tuple[tuple[LayerSpec, int], ...]:
@@ -232,6 +284,24 @@ class ModelSpec:
             total += count * layer_total
             active += count * layer_active
         return ParamCount(total=total, active=active, embedding=embedding, lm_head=lm_head)
+
+    @cached_property
+    def params_by_module(self) -> dict[str, int]:
+        """Parameters of each `ModuleKind`, plus "norm" (layer and final norms); they sum to
+        `params.total`."""
+        h = self.hidden_size
+        out = dict.fromkeys(("attention", "mlp", "experts", "router", "norm"), 0)
+        out["embedding"] = self.params.embedding
+        out["lm_head"] = self.params.lm_head
+        out["norm"] = h
+        for layer, count in self.layer_groups:
+            out["attention"] += count * layer.attention.params(h)
+            out["mlp"] += count * layer.mlp.dense_params(h)
+            out["norm"] += count * layer.norms * h
+            if layer.mlp.kind == "moe":
+                out["experts"] += count * layer.mlp.num_experts * layer.mlp.expert_params(h)
+                out["router"] += count * layer.mlp.router_params(h)
+        return out
 
     @property
     def is_moe(self) -> bool:
@@ -314,16 +384,19 @@ def parse_config(path: Path, *, name: str) -> ModelSpec:
     if not isinstance(raw, dict):
         raise UserError("expected a JSON object (a Hugging Face config.json)", file=str(path))
     cfg = _Config(raw, str(path))
+    dtypes = _module_dtypes(path, cfg, raw)
+    layers = _layers(cfg)
     return ModelSpec(
         name=name,
         architecture=_architecture(cfg, raw),
         hidden_size=cfg.int("hidden_size"),
         vocab_size=cfg.int("vocab_size"),
-        layers=_layers(cfg),
+        layers=layers,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", raw.get("tie_word_embeddings", False))),
         max_position_embeddings=cfg.int("max_position_embeddings", 4096),
-        weight_dtype=_sidecar_dtype(path) or _weight_dtype(cfg, raw),
+        weight_dtype=dtypes.experts if any(lay.mlp.kind == "moe" for lay in layers) else dtypes.mlp,
         source=str(path),
+        module_dtypes=dtypes,
     )
 
 
@@ -428,14 +501,16 @@ _MODELOPT_ALGOS = {"fp8": "fp8", "fp8_pb_wo": "fp8", "fp8_block": "fp8", "nvfp4"
                    "int4_awq": "int4"}
 
 
-def _sidecar_dtype(path: Path) -> str | None:
-    """The weight dtype a ModelOpt `hf_quant_config.json` beside `path` states (None: no such file)."""
+def _sidecar(path: Path) -> tuple[str, list[str]] | None:
+    """(weight dtype, excluded module names) of a ModelOpt `hf_quant_config.json` beside `path`
+    (None: no such file)."""
     sidecar = path.with_name(_QUANT_SIDECAR if path.name == "config.json"
                              else f"{path.name.removesuffix('.json')}.{_QUANT_SIDECAR}")
     if not sidecar.is_file():
         return None
     try:
-        algo = read_json(sidecar)["quantization"]["quant_algo"]
+        quant = read_json(sidecar)["quantization"]
+        algo = quant["quant_algo"]
     except (KeyError, TypeError):
         raise UserError("expected a ModelOpt quantization file with quantization.quant_algo",
                         file=str(sidecar), field="quantization.quant_algo") from None
@@ -443,20 +518,25 @@ def _sidecar_dtype(path: Path) -> str | None:
     if dtype is None:
         raise UserError(f"unknown ModelOpt quant_algo {algo!r}; known: {', '.join(_MODELOPT_ALGOS)}",
                         file=str(sidecar), field="quantization.quant_algo")
-    return dtype
+    return dtype, _Config(quant, str(sidecar)).list("exclude_modules", str)
 
 
-def _compressed_tensors_bits(quant: dict[str, Any]) -> int | None:
-    """Weight bits of a compressed-tensors config whose groups all quantise weights alike."""
+def _compressed_tensors_format(quant: dict[str, Any]) -> tuple[int, str] | None:
+    """(weight bits, "int" or "float") of a compressed-tensors config whose groups all quantise
+    weights alike (None otherwise)."""
     groups = quant.get("config_groups")
     if not isinstance(groups, dict):
         return None
-    bits = {((g or {}).get("weights") or {}).get("num_bits") for g in groups.values()}
-    return bits.pop() if len(bits) == 1 and isinstance(next(iter(bits)), int) else None
+    formats = {(w.get("num_bits"), w.get("type", "int")) for w in
+               (((g or {}).get("weights") or {}) for g in groups.values())}
+    if len(formats) != 1:
+        return None
+    bits, kind = formats.pop()
+    return (bits, str(kind)) if isinstance(bits, int) else None
 
 
-def _weight_dtype(cfg: _Config, raw: dict[str, Any]) -> str:
-    quant = _Config(raw, cfg.file).mapping("quantization_config") or cfg.mapping("quantization_config")
+def _quantized_dtype(quant: dict[str, Any]) -> str | None:
+    """The dtype a `quantization_config` stores quantized weights in (None: not quantized)."""
     method = str(quant.get("quant_method", "")).lower()
     if method == "fp8" or quant.get("fmt") in ("e4m3", "e5m2"):
         return "fp8"
@@ -464,10 +544,62 @@ def _weight_dtype(cfg: _Config, raw: dict[str, Any]) -> str:
         return "fp4"
     if method in ("awq", "gptq") or quant.get("bits") == 4:
         return "int4"
-    if method == "compressed-tensors" and _compressed_tensors_bits(quant) == 4:
-        return "int4"  # e.g. Kimi-K2.5: int4 routed experts (the bulk of the weights)
-    dtype = str(cfg.get("torch_dtype", cfg.get("dtype", "bfloat16")))
-    return _WEIGHT_DTYPES.get(dtype, "bf16")
+    ct = _compressed_tensors_format(quant) if method == "compressed-tensors" else None
+    if ct is not None:
+        bits, kind = ct
+        if bits == 4:
+            return "int4"  # e.g. Kimi-K2.5: int4 routed experts
+        if bits == 8:
+            return "fp8" if kind == "float" else "int8"  # int8: w8a8 (SmoothQuant-style)
+    return None
+
+
+#: Names of the lists with which checkpoints mark modules left unquantized (engine_facts §3).
+_UNQUANTIZED_LISTS = ("modules_to_not_convert", "ignore", "ignored_layers", "exclude_modules")
+_ATTENTION_NAME = re.compile(r"self_attn|attention|\battn|mixer|mamba|\b(q|k|v|o|qkv|q_a|q_b|kv_a|kv_b)_proj")
+_ROUTER_NAME = re.compile(r"router|(^|[.*:])gate($|[^_a-z])")
+
+
+def _module_kind(name: str) -> ModuleKind | None:
+    """The module kind a name (or `re:` pattern) in an unquantized-modules list covers; None for
+    what holds no GEMM weight of ours (layer norms, score biases)."""
+    name = name.lower().removeprefix("re:")
+    if "norm" in name or "bias" in name:
+        return None
+    if "lm_head" in name:
+        return "lm_head"
+    if "embed" in name:
+        return "embedding"
+    if "shared_expert" in name:
+        return "mlp"
+    if "expert" in name:
+        return "experts"
+    if _ATTENTION_NAME.search(name):
+        return "attention"
+    if "_proj" in name and "mlp" in name:
+        return "mlp"
+    if _ROUTER_NAME.search(name):
+        return "router"
+    return None
+
+
+def _module_dtypes(path: Path, cfg: _Config, raw: dict[str, Any]) -> ModuleDtypes:
+    """Per-module weight dtypes from `quantization_config` or a ModelOpt sidecar (see `ModuleDtypes`)."""
+    base = _WEIGHT_DTYPES.get(str(cfg.get("torch_dtype", cfg.get("dtype", "bfloat16"))), "bf16")
+    quant = _Config(raw, cfg.file).mapping("quantization_config") or cfg.mapping("quantization_config")
+    sidecar = _sidecar(path)
+    if sidecar is not None:
+        dtype, names = sidecar
+    else:
+        dtype = _quantized_dtype(quant)
+        qcfg = _Config(quant, cfg.file)
+        names = [n for key in _UNQUANTIZED_LISTS for n in qcfg.list(key, str)]
+    if dtype is None:
+        return ModuleDtypes.uniform(base)
+    kept = frozenset(k for k in map(_module_kind, names) if k is not None)
+    quantized = {kind: base if kind in kept else dtype for kind in _QUANTIZABLE}
+    lm_head = dtype if quant.get("lm_head") is True and "lm_head" not in kept else base
+    return ModuleDtypes(**quantized, router=base, embedding=base, lm_head=lm_head, kept=kept)
 
 
 def _layers(cfg: _Config) -> tuple[LayerSpec, ...]:

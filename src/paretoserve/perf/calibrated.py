@@ -64,13 +64,15 @@ KNOTS_PER_OCTAVE = 8
 
 @dataclass(frozen=True)
 class _Gemm:
-    """One weight GEMM of the step: [m × k] @ [k × n] repeated `layers` times; m = tokens or sampled."""
+    """One weight GEMM of the step: [m × k] @ [k × n] repeated `layers` times; m = tokens or sampled;
+    `kind` is the module kind whose weight dtype it reads (`ModelSpec.dtypes`)."""
 
     name: str
     layers: int
     n: float
     k: float
     sampled: bool
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,10 @@ class Calibrated(StepTimeModel):
         self.model, self.device, self.tp, self.pp = model, device, tp, pp
         self.weight_dtype, self.kv_dtype = self.roof.weight_dtype, self.roof.kv_dtype
         self.kernels = dict(kernels or {})
-        self.compute_dtype = gemm_compute_dtype(self.weight_dtype)
-        self.gemm_group = gemm_dtype or ("fp8" if self.compute_dtype == "fp8" else "bfloat16")
+        self.compute_dtype = gemm_compute_dtype(self.weight_dtype, device)
+        dtypes = self.roof.dtypes
+        self._compute = {kind: gemm_compute_dtype(dtypes.of(kind), device) for kind in self.roof.wb}
+        self._groups = {kind: (gemm_dtype or "fp8") if c == "fp8" else "bfloat16" for kind, c in self._compute.items()}
         self.window = self.roof.window
         self._gemms, self._attn, self._allreduce = self._table_ops()
         replaced = set()
@@ -145,35 +149,35 @@ class Calibrated(StepTimeModel):
         has_mla = any(layer.attention.kind == "mla" for layer in m.layers)
         reduces = 0
 
-        def gemm(name: str, layers: int, n: float, k: float, sampled: bool = False) -> None:
-            key = (name, n, k, sampled)
+        def gemm(name: str, layers: int, n: float, k: float, kind: str, sampled: bool = False) -> None:
+            key = (name, n, k, sampled, kind)
             gemms[key] = gemms.get(key, 0) + layers
 
         for layer, count in m.layer_groups:
             att, mlp = layer.attention, layer.mlp
             if att.kind == "gqa":
                 kv_width = att.num_kv_heads * att.head_dim * (1 if att.kv_shared else 2)
-                gemm("attn.qkv_proj", count, (att.q_dim + kv_width) / tp, h)
-                gemm("attn.o_proj", count, h, att.o_in_dim / tp)
+                gemm("attn.qkv_proj", count, (att.q_dim + kv_width) / tp, h, "attention")
+                gemm("attn.o_proj", count, h, att.o_in_dim / tp, "attention")
                 kv_div = max(1, min(tp, att.num_kv_heads))
                 key = (att.num_heads / tp, max(1.0, att.num_kv_heads / tp), float(att.head_dim),
                        att.kv_values_per_token() / kv_div, att.window)
                 attn[key] = attn.get(key, 0) + count
             elif att.kind == "mamba":
                 inner, bc = att.mamba_inner, 2 * att.ssm_groups * att.ssm_state
-                gemm("mamba.in_proj", count, (2 * inner + bc + att.mamba_heads) / tp, h)
-                gemm("mamba.out_proj", count, h, inner / tp)
+                gemm("mamba.in_proj", count, (2 * inner + bc + att.mamba_heads) / tp, h, "attention")
+                gemm("mamba.out_proj", count, h, inner / tp, "attention")
             if mlp.intermediate:
                 name = "mlp" if mlp.kind == "dense" else "moe.shared"
                 up = (2 if mlp.gated else 1) * mlp.intermediate / tp
-                gemm(name, count, up, h)
-                gemm(name, count, h, mlp.intermediate / tp)
+                gemm(name, count, up, h, "mlp")
+                gemm(name, count, h, mlp.intermediate / tp, "mlp")
             if mlp.kind == "moe":
-                gemm("moe.router", count, mlp.num_experts, h)
+                gemm("moe.router", count, mlp.num_experts, h, "router")
             if tp > 1:
                 reduces += count * ((att.kind != "none") + (mlp.kind != "none"))
-        gemm("lm_head", 1, m.vocab_size / tp, h, sampled=True)
-        gemm_ops = [_Gemm(name, layers, n, k, s) for (name, n, k, s), layers in gemms.items()]
+        gemm("lm_head", 1, m.vocab_size / tp, h, "lm_head", sampled=True)
+        gemm_ops = [_Gemm(name, layers, n, k, s, kind) for (name, n, k, s, kind), layers in gemms.items()]
         attn_ops = []
         if not has_mla and "context_attention" in self.kernels and "generation_attention" in self.kernels:
             attn_ops = [_Attn(layers, *key) for key, layers in attn.items()]
@@ -191,20 +195,22 @@ class Calibrated(StepTimeModel):
         return np.maximum(c / cs, mem / ms) / ideal
 
     # ------------------------------------------------------------------ GEMM tables
-    def _gemm_bytes(self, m, n: float, k: float):
-        """Bytes of [m × k] @ [k × n]: activations in the compute dtype, weights in theirs, 16-bit out."""
-        ab_in = 1.0 if self.compute_dtype == "fp8" else 2.0
-        return m * k * ab_in + k * n * dtype_bytes(self.weight_dtype) + m * n * 2.0
+    def _gemm_bytes(self, m, n: float, k: float, kind: str):
+        """Bytes of [m × k] @ [k × n] of a `kind` module: activations in its compute dtype, weights
+        in their stored dtype, 16-bit out."""
+        ab_in = dtype_bytes(self._compute[kind])
+        return m * k * ab_in + k * n * self.roof.wb[kind] + m * n * 2.0
 
-    def gemm_seconds(self, m: np.ndarray, n: float, k: float) -> np.ndarray:
-        """Seconds of one [m × k] @ [k × n] weight GEMM of this replica, for an array of m."""
+    def gemm_seconds(self, m: np.ndarray, n: float, k: float, kind: str) -> np.ndarray:
+        """Seconds of one [m × k] @ [k × n] weight GEMM of a `kind` module of this replica, for an
+        array of m."""
         m = np.asarray(m, dtype=np.float64)
         flops = 2.0 * m * n * k
-        nbytes = self._gemm_bytes(m, n, k)
-        c = flops / self.device.peak_flops(self.compute_dtype)
+        nbytes = self._gemm_bytes(m, n, k, kind)
+        c = flops / self.device.peak_flops(self._compute[kind])
         mem = nbytes / self.device.mem_bandwidth
         fit = self.kernels["gemm"]
-        grid = fit.group_for({"gemm_dtype": self.gemm_group})
+        grid = fit.group_for({"gemm_dtype": self._groups[kind]})
         pts = np.column_stack([np.maximum(m, 1.0), np.full(len(m), float(n)), np.full(len(m), float(k))])
         eff = np.exp(grid.query(pts))
         return np.maximum(c, mem) / eff * self._scale(c, mem)
@@ -218,7 +224,7 @@ class Calibrated(StepTimeModel):
         tables = []
         for g in self._gemms:
             t = np.zeros(cap + 1)
-            t[1:] = g.layers * self.gemm_seconds(m[1:], g.n, g.k)
+            t[1:] = g.layers * self.gemm_seconds(m[1:], g.n, g.k, g.kind)
             tables.append(t)
             if g.sampled:
                 samp += t
@@ -357,7 +363,7 @@ class Calibrated(StepTimeModel):
                     continue
                 sec = float(table[m])
                 flops = g.layers * 2.0 * m * g.n * g.k
-                nbytes = g.layers * self._gemm_bytes(m, g.n, g.k)
+                nbytes = g.layers * self._gemm_bytes(m, g.n, g.k, g.kind)
                 acc = by_name.setdefault(g.name, [0.0, 0.0, 0.0])
                 acc[0] += sec
                 acc[1] += flops

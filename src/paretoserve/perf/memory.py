@@ -1,7 +1,9 @@
 """Device memory: weights, runtime reserve, and how much KV cache fits (DESIGN §4).
 
-KV capacity of one replica = tp × pp × (gpu_memory_utilization × device memory − weights per
-device − runtime reserve per device) converted to tokens with the model's KV bytes per token.
+KV capacity of one replica: each device's gpu_memory_utilization × memory − weights per device −
+runtime reserve, cut into KV blocks as vLLM's hybrid KV cache manager does (`KvLayout`: sliding-window
+layers capped at the window, Mamba state per sequence). Weights are priced per module kind in its
+stored dtype (`ModelSpec.dtypes`: unquantized attention, router, embedding and LM head stay 16-bit).
 The runtime reserve (activations of the largest batch, CUDA graphs, NCCL buffers, allocator
 slack) is estimated as 0.75 GiB plus the activations of `max_num_batched_tokens` tokens; on the
 real vLLM 0.19 RTX 4090 run in shared/data this gives a KV size within ~2% of what vLLM reported
@@ -10,6 +12,7 @@ real vLLM 0.19 RTX 4090 run in shared/data this gives a KV size within ~2% of wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from paretoserve.catalog.device import DeviceSpec
@@ -19,6 +22,56 @@ from paretoserve.errors import UserError
 
 GIB = 1024**3
 RUNTIME_FIXED_BYTES = 0.75 * GIB
+#: vLLM's default CUDA KV block size, in tokens.
+DEFAULT_BLOCK_SIZE = 16
+#: Recurrent (Mamba conv + SSM) state dtype: fp32, as vLLM keeps the SSM state.
+STATE_DTYPE = "fp32"
+
+
+@dataclass(frozen=True, slots=True)
+class KvLayout:
+    """How one sequence's cache occupies a device, as vLLM's hybrid KV cache manager allocates it
+    (engine_facts §3): one pool of uniform blocks; full-attention (and MLA) layers keep every token,
+    sliding-window layers only the blocks covering the last `window` tokens, Mamba layers a constant
+    state per sequence.
+
+    The pool is counted in blocks of `block_size` tokens of the growing layers (`block_bytes` bytes
+    per device). A sequence of context c holds ceil(c / block_size) of them plus `fixed_blocks(c)`:
+    its sliding-window blocks and its recurrent state, rounded up to whole blocks.
+
+    Attributes:
+        block_size: tokens per block.
+        growing_bytes_per_token: bytes per token of context, per device, of the layers that keep
+            every token (sliding-window layers too when the model has no other attention).
+        window_bytes_per_token: bytes per token, per device, of the sliding-window layers.
+        window_blocks: blocks a sliding-window layer holds at most: ceil((window − 1) / block) + 1.
+        state_bytes: recurrent-state bytes per sequence, per device.
+    """
+
+    block_size: int
+    growing_bytes_per_token: float
+    window_bytes_per_token: float = 0.0
+    window_blocks: int = 0
+    state_bytes: float = 0.0
+
+    @property
+    def block_bytes(self) -> float:
+        """Bytes per device of one pool block."""
+        return self.block_size * self.growing_bytes_per_token
+
+    def fixed_blocks(self, context: int) -> int:
+        """Pool blocks a sequence whose context reaches `context` tokens holds beyond its
+        ceil(context / block_size) growing blocks: sliding-window KV (capped) and recurrent state."""
+        if not (self.window_bytes_per_token or self.state_bytes):
+            return 0
+        window = min(-(-context // self.block_size), self.window_blocks)
+        extra = window * self.block_size * self.window_bytes_per_token + self.state_bytes
+        return math.ceil(extra / self.block_bytes - 1e-9)
+
+    def sequence_blocks(self, context: int) -> int:
+        """Pool blocks one sequence of `context` tokens holds (the accounting shared by
+        `KvCapacity.max_sequences` and the simulator's block manager)."""
+        return -(-context // self.block_size) + self.fixed_blocks(context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,35 +79,40 @@ class KvCapacity:
     """KV-cache capacity of one replica.
 
     Attributes:
-        tokens: KV tokens (context) that fit across the replica, full-attention accounting.
+        blocks: pool blocks per device (every device of the replica holds the same number).
+        layout: how sequences occupy those blocks.
         bytes: KV-cache bytes across the replica's devices.
-        bytes_per_token: KV bytes one token of context takes across the replica.
+        bytes_per_token: KV bytes one token of context takes across the replica (growing and
+            sliding-window layers, uncapped: what a prompt's KV transfer or swap moves).
         weight_bytes_per_device: weights held by each device.
         reserve_bytes_per_device: runtime reserve per device.
         devices: devices in the replica (tp × pp).
     """
 
-    tokens: int
+    blocks: int
+    layout: KvLayout
     bytes: float
     bytes_per_token: float
     weight_bytes_per_device: float
     reserve_bytes_per_device: float
     devices: int
 
+    @property
+    def tokens(self) -> int:
+        """Tokens of growing-layer KV the pool holds (blocks × block size)."""
+        return self.blocks * self.layout.block_size
+
     def max_sequences(self, context: int) -> int:
-        """Sequences of `context` tokens that fit at once (ignoring window caps)."""
-        return self.tokens // max(1, context)
+        """Sequences of `context` tokens that fit at once."""
+        return self.blocks // self.layout.sequence_blocks(max(1, context))
 
 
 def weight_bytes(model: ModelSpec, weight_dtype: str | None = None) -> float:
-    """Bytes of all weights in `weight_dtype` (default: the model's native dtype).
-
-    Embedding and LM head stay in bf16 when the rest is quantized (as vLLM and gpt-oss do).
-    """
-    dtype = normalize_dtype(weight_dtype or model.weight_dtype)
-    p = model.params
-    tables = p.embedding + p.lm_head
-    return (p.total - tables) * dtype_bytes(dtype) + tables * dtype_bytes("bf16")
+    """Bytes of all weights, each module kind in its dtype (`ModelSpec.dtypes`; `weight_dtype`
+    overrides the quantizable modules). Norms stay in the unquantized dtype of the embedding."""
+    dtypes = model.dtypes(normalize_dtype(weight_dtype) if weight_dtype else None)
+    return sum(count * dtype_bytes(dtypes.of("embedding" if kind == "norm" else kind))
+               for kind, count in model.params_by_module.items())
 
 
 def runtime_reserve_bytes(model: ModelSpec, tp: int, max_num_batched_tokens: int,
@@ -67,25 +125,43 @@ def runtime_reserve_bytes(model: ModelSpec, tp: int, max_num_batched_tokens: int
     return RUNTIME_FIXED_BYTES + activations + logits
 
 
-def kv_bytes_per_token_per_device(model: ModelSpec, tp: int, pp: int, kv_dtype: str | None) -> float:
-    """KV bytes one token of context takes on each device of a tp × pp replica.
+def kv_layout(model: ModelSpec, tp: int, pp: int, kv_dtype: str | None,
+              block_size: int = DEFAULT_BLOCK_SIZE) -> KvLayout:
+    """Per-device cache layout of `model` on a tp × pp replica (see `KvLayout`).
 
     GQA heads shard across TP ranks up to the number of KV heads (beyond that they are replicated);
-    the MLA latent is replicated on every TP rank; layers split evenly across PP stages.
+    the MLA latent is replicated on every TP rank; Mamba state shards with its heads; layers split
+    evenly across PP stages. Sliding-window layers of different windows are all capped at the
+    largest. UserError for a model without attention layers (nothing grows).
     """
-    values = 0.0
+    kvb = dtype_bytes(kv_dtype or "bf16")
+    growing = window = state = 0.0
+    windows = set()
     for layer, count in model.layer_groups:
         att = layer.attention
         shard = min(tp, att.num_kv_heads) if att.kind == "gqa" and att.num_kv_heads else 1
-        values += count * att.kv_values_per_token() / shard
-    return values * dtype_bytes(kv_dtype or "bf16") / pp
+        per_token = count * att.kv_values_per_token() / shard * kvb / pp
+        if att.window is None:
+            growing += per_token
+        else:
+            window += per_token
+            windows.add(att.window)
+        state += count * att.state_values_per_sequence() / (tp if att.kind == "mamba" else 1) \
+            * dtype_bytes(STATE_DTYPE) / pp
+    if not growing:
+        growing, window = window, 0.0  # only sliding-window layers: count them uncapped
+    if not growing:
+        raise UserError(f"{model.name} has no attention layers; KV capacity needs at least one")
+    span = max(windows) if window else 0
+    return KvLayout(block_size=block_size, growing_bytes_per_token=growing, window_bytes_per_token=window,
+                    window_blocks=-(-(span - 1) // block_size) + 1 if window else 0, state_bytes=state)
 
 
 def kv_capacity(model: ModelSpec, device: DeviceSpec, *, tp: int = 1, pp: int = 1,
                 gpu_memory_utilization: float = 0.9, weight_dtype: str | None = None,
                 kv_dtype: str | None = None, max_num_batched_tokens: int = 8192,
-                max_num_seqs: int = 256) -> KvCapacity:
-    """KV tokens that fit in one replica; UserError when the weights leave no room."""
+                max_num_seqs: int = 256, block_size: int = DEFAULT_BLOCK_SIZE) -> KvCapacity:
+    """KV blocks that fit in one replica; UserError when the weights leave no room."""
     if not 0.0 < gpu_memory_utilization <= 1.0:
         raise UserError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     devices = tp * pp
@@ -93,15 +169,15 @@ def kv_capacity(model: ModelSpec, device: DeviceSpec, *, tp: int = 1, pp: int = 
     reserve = runtime_reserve_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
     usable = gpu_memory_utilization * device.mem_capacity
     free = usable - weights - reserve
-    per_token = kv_bytes_per_token_per_device(model, tp, pp, kv_dtype)
-    if free <= 0 or (per_token and free < per_token * 16):
+    layout = kv_layout(model, tp, pp, kv_dtype, block_size)
+    blocks = int(free // layout.block_bytes) if free > 0 else 0
+    if blocks < layout.sequence_blocks(block_size):
         need = (weights + reserve) / gpu_memory_utilization / 1e9
         raise UserError(
             f"{model.name} does not fit on {devices}× {device.name}: weights {weights / 1e9:.1f} GB + "
             f"runtime {reserve / 1e9:.1f} GB per device exceed {usable / 1e9:.1f} GB usable "
             f"({gpu_memory_utilization:.0%} of {device.mem_capacity / 1e9:.0f} GB); need about "
             f"{need:.0f} GB per device — use more devices (--tp/--pp) or a smaller weight dtype")
-    tokens = int(free // per_token) if per_token else 10**12
-    return KvCapacity(tokens=tokens, bytes=free * devices, bytes_per_token=per_token * devices,
-                      weight_bytes_per_device=weights, reserve_bytes_per_device=reserve,
-                      devices=devices)
+    per_token = layout.growing_bytes_per_token + layout.window_bytes_per_token
+    return KvCapacity(blocks=blocks, layout=layout, bytes=free * devices, bytes_per_token=per_token * devices,
+                      weight_bytes_per_device=weights, reserve_bytes_per_device=reserve, devices=devices)

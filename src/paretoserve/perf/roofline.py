@@ -76,9 +76,12 @@ class Roofline(StepTimeModel):
     """Datasheet roofline of one replica: `model` on `tp × pp` devices of kind `device`.
 
     Args:
-        weight_dtype: stored weight format (default: the model's native dtype).
+        weight_dtype: stored format of the quantizable weights (default: as the checkpoint stores
+            each module, `ModelSpec.dtypes`).
         kv_dtype: KV-cache format (default bf16).
-        activation_dtype: activations and compute dtype for GEMMs (bf16; fp8 GEMMs when weights are fp8).
+
+    Each weight GEMM reads its module's weights in that module's dtype and computes at the rate
+    `gemm_compute_dtype` gives for it on this device; activations are 16-bit.
     """
 
     def __init__(self, model: ModelSpec, device: DeviceSpec, *, tp: int = 1, pp: int = 1,
@@ -90,8 +93,11 @@ class Roofline(StepTimeModel):
         self.kv_dtype = normalize_dtype(kv_dtype or "bf16")
         self.eff = efficiency or Efficiency()
         self.act_bytes = 2.0
-        compute_dtype = gemm_compute_dtype(self.weight_dtype)
-        self.gemm_peak = device.peak_flops(compute_dtype) * self.eff.gemm
+        self.dtypes = model.dtypes(self.weight_dtype)
+        kinds = ("attention", "mlp", "experts", "router", "embedding", "lm_head")
+        self.wb = {kind: dtype_bytes(self.dtypes.of(kind)) for kind in kinds}
+        self.gemm_peak = {kind: device.peak_flops(gemm_compute_dtype(self.dtypes.of(kind), device)) * self.eff.gemm
+                          for kind in kinds}
         self.attn_peak = device.peak_flops("bf16") * self.eff.attention
         self.mem_bw = device.mem_bandwidth * self.eff.memory
         windows = {layer.attention.window for layer in model.layers if layer.attention.window}
@@ -250,7 +256,7 @@ class Roofline(StepTimeModel):
     def _build_ops(self) -> list[_Op]:
         m, tp = self.model, self.tp
         h, ab = m.hidden_size, self.act_bytes
-        wb, kb = dtype_bytes(self.weight_dtype), dtype_bytes(self.kv_dtype)
+        wb, kb = self.wb, dtype_bytes(self.kv_dtype)
         lat = self.eff.kernel_latency_s
         protos: dict[tuple, _Op] = {}
         layer_counts: dict[tuple, int] = {}
@@ -265,31 +271,31 @@ class Roofline(StepTimeModel):
             protos.setdefault(key, op)
             layer_counts[key] = layer_counts.get(key, 0) + layers
 
-        def gemm(name: str, layers: int, n_in: float, n_out: float) -> None:
-            """Weight GEMM [tokens × n_in] @ [n_in × n_out] (per device)."""
-            add(name, layers, self.gemm_peak, self.mem_bw, lat, {TOKENS: 2.0 * n_in * n_out},
-                n_in * n_out * wb, {TOKENS: (n_in + n_out) * ab})
+        def gemm(name: str, layers: int, n_in: float, n_out: float, kind: str) -> None:
+            """Weight GEMM [tokens × n_in] @ [n_in × n_out] (per device) of a `kind` module."""
+            add(name, layers, self.gemm_peak[kind], self.mem_bw, lat, {TOKENS: 2.0 * n_in * n_out},
+                n_in * n_out * wb[kind], {TOKENS: (n_in + n_out) * ab})
 
         for layer, count in m.layer_groups:
             self._layer_ops(layer, count, gemm, add, h, ab, wb, kb, lat)
 
         # Embedding lookup and LM head (vocabulary-parallel across TP ranks).
         add("embed", 1, 0.0, self.mem_bw, lat, {}, 0.0, {TOKENS: 2.0 * h * ab})
-        add("lm_head", 1, self.gemm_peak, self.mem_bw, lat, {SAMPLED: 2.0 * h * m.vocab_size / tp},
-            h * m.vocab_size * wb / tp, {SAMPLED: (h * ab + 4.0 * m.vocab_size / tp)})
+        add("lm_head", 1, self.gemm_peak["lm_head"], self.mem_bw, lat, {SAMPLED: 2.0 * h * m.vocab_size / tp},
+            h * m.vocab_size * wb["lm_head"] / tp, {SAMPLED: (h * ab + 4.0 * m.vocab_size / tp)})
         if self.pp > 1:
             link_bw = self.device.intra_node_bandwidth * self.eff.link
             add("pp.send_recv", self.pp - 1, 0.0, link_bw, self.device.intra_node_latency, {}, 0.0,
                 {TOKENS: h * ab}, "comm")
         return [replace(op, layers=layer_counts[key]) for key, op in protos.items()]
 
-    def _layer_ops(self, layer: LayerSpec, count: int, gemm, add, h: int, ab: float, wb: float,
-                   kb: float, lat: float) -> None:
+    def _layer_ops(self, layer: LayerSpec, count: int, gemm, add, h: int, ab: float,
+                   wb: dict[str, float], kb: float, lat: float) -> None:
         tp = self.tp
         att, mlp = layer.attention, layer.mlp
         if att.kind == "gqa":
             kv_width = att.num_kv_heads * att.head_dim * (1 if att.kv_shared else 2)
-            gemm("attn.qkv_proj", count, h, (att.q_dim + kv_width) / tp)
+            gemm("attn.qkv_proj", count, h, (att.q_dim + kv_width) / tp, "attention")
             pairs, kv_read, dec = (PF_PAIRS_W, PF_KV_W, DEC_KV_W) if att.window else (PF_PAIRS, PF_KV, DEC_KV)
             qk_flops = 4.0 * att.num_heads * att.head_dim / tp
             kv_bytes = att.kv_values_per_token() * kb / max(1, min(tp, att.num_kv_heads))
@@ -299,11 +305,11 @@ class Roofline(StepTimeModel):
                 {kv_read: kv_bytes, PF_TOKENS: io}, "memory")
             add("attn.decode", count, self.attn_peak, self.mem_bw, lat, {dec: qk_flops}, 0.0,
                 {dec: kv_bytes, DECODES: io}, "memory")
-            gemm("attn.o_proj", count, att.o_in_dim / tp, h)
+            gemm("attn.o_proj", count, att.o_in_dim / tp, h, "attention")
         elif att.kind == "mla":
             params = att.params(h)
-            add("attn.mla_proj", count, self.gemm_peak, self.mem_bw, lat,
-                {TOKENS: 2.0 * params / tp}, params * wb / tp, {TOKENS: 4.0 * h * ab})
+            add("attn.mla_proj", count, self.gemm_peak["attention"], self.mem_bw, lat,
+                {TOKENS: 2.0 * params / tp}, params * wb["attention"] / tp, {TOKENS: 4.0 * h * ab})
             # Absorbed MLA: each (query, key) pair costs 2 × heads × (latent + rope) + 2 × heads × latent
             # FLOPs; the latent KV cache is replicated on every TP rank.
             pair_flops = 2.0 * att.num_heads * (2 * att.kv_lora_rank + att.rope_dim) / tp
@@ -314,21 +320,21 @@ class Roofline(StepTimeModel):
                 {DEC_KV: kv_bytes, DECODES: kv_bytes}, "memory")
         elif att.kind == "mamba":
             inner, bc = att.mamba_inner, 2 * att.ssm_groups * att.ssm_state
-            gemm("mamba.in_proj", count, h, (2 * inner + bc + att.mamba_heads) / tp)
+            gemm("mamba.in_proj", count, h, (2 * inner + bc + att.mamba_heads) / tp, "attention")
             state_bytes = att.state_values_per_sequence() * 4.0 / tp
             add("mamba.ssm", count, self.attn_peak, self.mem_bw, lat,
                 {TOKENS: 6.0 * inner * att.ssm_state / tp}, 0.0,
                 {SEQS: 2.0 * state_bytes, TOKENS: 3.0 * inner * ab / tp})
-            gemm("mamba.out_proj", count, inner / tp, h)
+            gemm("mamba.out_proj", count, inner / tp, h, "attention")
         if mlp.intermediate:
             name = "mlp" if mlp.kind == "dense" else "moe.shared"
-            gemm(name, count, h, mlp.matrices * mlp.intermediate / tp)
+            gemm(name, count, h, mlp.matrices * mlp.intermediate / tp, "mlp")
         if mlp.kind == "moe":
-            gemm("moe.router", count, h, mlp.num_experts)
+            gemm("moe.router", count, h, mlp.num_experts, "router")
             per_expert = mlp.matrices * h * mlp.expert_intermediate
-            add("moe.experts", count, self.gemm_peak, self.mem_bw, lat,
+            add("moe.experts", count, self.gemm_peak["experts"], self.mem_bw, lat,
                 {TOKENS: 2.0 * per_expert * mlp.top_k / tp}, 0.0,
-                {EXPERTS: per_expert * wb / tp, TOKENS: mlp.top_k * 2.0 * h * ab})
+                {EXPERTS: per_expert * wb["experts"] / tp, TOKENS: mlp.top_k * 2.0 * h * ab})
         norm_bytes = layer.norms * 4.0 * h * ab  # fused add + RMSNorm: read x and residual, write both
         add("norm+residual", count, 0.0, self.mem_bw, lat * layer.norms, {}, 0.0, {TOKENS: norm_bytes})
         if tp > 1:
@@ -400,9 +406,12 @@ def _sum_line(a: float, b: float, lo: int, hi: int) -> float:
     return n * a + b * (lo + hi - 1) * n / 2
 
 
-def gemm_compute_dtype(weight_dtype: str) -> str:
-    """The dtype the step models compute weight GEMMs in: fp8 for fp8 and fp4 weights, else bf16."""
-    return "fp8" if normalize_dtype(weight_dtype) in ("fp8", "fp4") else "bf16"
+def gemm_compute_dtype(weight_dtype: str, device: DeviceSpec) -> str:
+    """The dtype a weight GEMM computes in on `device`: fp8, fp4 and int8 (w8a8) weights at their own
+    rate where the device has that math (fp4: Blackwell), else dequantized to bf16 (weight-only
+    kernels such as Marlin); int4 and 16-bit weights in bf16."""
+    dtype = normalize_dtype(weight_dtype)
+    return dtype if dtype in ("fp8", "fp4", "int8") and dtype in device.flops else "bf16"
 
 
 def check_parallelism(model: ModelSpec, tp: int, pp: int) -> None:

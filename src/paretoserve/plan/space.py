@@ -261,7 +261,7 @@ def _fits(engine: Engine, device: DeviceSpec, model: ModelSpec, space: SearchSpa
         result.prune("weights and runtime do not fit in memory", device.name)
         return False
     # At least one request of the model's full context must fit, as vLLM requires at start-up.
-    if cap.tokens < min(model.max_position_embeddings, 4096):
+    if cap.max_sequences(min(model.max_position_embeddings, 4096)) < 1:
         result.prune("KV cache below one 4k-token request", device.name)
         return False
     return True

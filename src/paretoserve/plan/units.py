@@ -186,7 +186,7 @@ def _run_once(trace: list[Request], engine: EngineConfig, slo: Slo, checks: tupl
                    policy=engine.policy, max_num_seqs=engine.max_num_seqs,
                    max_num_batched_tokens=engine.max_num_batched_tokens, prefix_caching=engine.prefix_caching,
                    kv_bytes_per_token=engine.kv_bytes_per_token, max_model_len=engine.max_model_len,
-                   devices=engine.devices, on_itl=builder.add_itl)
+                   devices=engine.devices, on_itl=builder.add_itl, kv_layout=engine.kv_layout)
     thresholds = {m: slo.threshold_s(m) for m in checks}
     allowed_misses = math.floor((1.0 - slo.attainment_target) * len(trace) + 1e-9)
     ok = misses = 0
@@ -269,7 +269,10 @@ def _throughput_bound(requests: list[Request], engine: EngineConfig) -> float:
     chunk = engine.max_num_batched_tokens
     prefill_per_token = engine.step_model.seconds(StepShape(prefill=(PrefillChunk(chunk, 0, True),))) / chunk
     context = int(mean_prompt + mean_output / 2)
-    batch = max(1, min(engine.max_num_seqs, engine.kv_tokens // max(1, context)))
+    layout = engine.kv_layout
+    fit = (engine.num_blocks // layout.sequence_blocks(max(1, context)) if layout
+           else engine.kv_tokens // max(1, context))
+    batch = max(1, min(engine.max_num_seqs, fit))
     decode_per_token = engine.step_model.decode_seconds(batch, batch * context) / batch
     demand = mean_prompt * prefill_per_token + mean_output * decode_per_token
     return 1.0 / demand if demand > 0 else 1e6

@@ -13,6 +13,7 @@ from paretoserve.errors import UserError
 from paretoserve.metrics.slo import parse_slo
 from paretoserve.metrics.summary import Summary, SummaryBuilder
 from paretoserve.perf.base import StepTimeModel
+from paretoserve.perf.memory import KvLayout
 from paretoserve.runs import RunWriter
 from paretoserve.sim.closed_loop import MeasuredWindow
 from paretoserve.sim.config import DisaggConfig, EngineConfig
@@ -37,7 +38,8 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
              replicas: int = 1, router: str = "round_robin", disagg: DisaggConfig | None = None,
              fast: bool = True, on_itl: Callable[[float, int], None] | None = None,
              on_iteration: Callable[[IterationRow], None] | None = None,
-             concurrency: int | None = None, warmup: int = 0) -> Simulation:
+             concurrency: int | None = None, warmup: int = 0,
+             kv_layout: KvLayout | None = None) -> Simulation:
     """Simulate serving `requests` (sorted by arrival) and stream one `RequestRecord` per request.
 
     Every replica runs `step_model` with `kv_tokens` tokens of KV cache (see `EngineConfig` for the
@@ -50,7 +52,8 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
     max(its `arrival_s`, the previous send, a free slot) — with every arrival at 0, a closed loop of
     that many users, each sending its next request when its previous one completes; with `warmup`,
     the first `warmup` requests are a warm-up phase that drains before the rest are sent (see
-    `paretoserve.sim.closed_loop`).
+    `paretoserve.sim.closed_loop`). `kv_layout` adds the blocks each sequence holds for
+    sliding-window KV and recurrent state (`paretoserve.perf.memory.KvLayout`).
 
     Example:
         >>> from paretoserve.perf.constant import LinearStepModel
@@ -68,7 +71,7 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
             prefix_caching=prefix_caching, reserve_full_prompt=reserve_full_prompt,
             watermark=watermark, policy_options=dict(policy_options or {}),
             kv_bytes_per_token=kv_bytes_per_token, swap_bandwidth=swap_bandwidth,
-            max_model_len=max_model_len, devices=devices)
+            max_model_len=max_model_len, devices=devices, kv_layout=kv_layout)
     return Simulation(requests, engine=engine, replicas=replicas, router=router, disagg=disagg,
                       fast=fast, on_itl=on_itl, on_iteration=on_iteration, concurrency=concurrency,
                       warmup=warmup)

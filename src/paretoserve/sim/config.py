@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from paretoserve.errors import UserError
 from paretoserve.perf.base import StepTimeModel
+from paretoserve.perf.memory import KvLayout
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class EngineConfig:
         swap_bandwidth: host-link bandwidth in bytes/s for swapping KV out and in (PCIe).
         max_model_len: longest prompt + output accepted, in tokens (None: no limit).
         devices: accelerators the replica runs on (tp × pp), for energy and cost.
+        kv_layout: how a sequence holds blocks beyond ceil(context / block_size) — sliding-window
+            KV and recurrent state (`KvLayout.fixed_blocks`); None: full attention only.
     """
 
     step_model: StepTimeModel
@@ -45,6 +48,7 @@ class EngineConfig:
     swap_bandwidth: float = 0.0
     max_model_len: int | None = None
     devices: int = 1
+    kv_layout: KvLayout | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -52,7 +52,8 @@ def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) 
                            profile=cfg.profile)
     kv = kv_capacity(model, device, tp=tp, pp=cfg.pp, gpu_memory_utilization=cfg.gpu_memory_utilization,
                      weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
-                     max_num_batched_tokens=cfg.max_num_batched_tokens, max_num_seqs=cfg.max_num_seqs)
+                     max_num_batched_tokens=cfg.max_num_batched_tokens, max_num_seqs=cfg.max_num_seqs,
+                     block_size=cfg.block_size)
     devices = tp * cfg.pp
     return EngineConfig(
         step_model=step, kv_tokens=cfg.kv_tokens or kv.tokens, block_size=cfg.block_size,
@@ -60,7 +61,7 @@ def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) 
         max_num_batched_tokens=cfg.max_num_batched_tokens, prefix_caching=cfg.prefix_caching,
         policy_options=dict(cfg.policy_options), kv_bytes_per_token=kv.bytes_per_token,
         swap_bandwidth=device.pcie_bandwidth * devices, max_model_len=model.max_position_embeddings,
-        devices=devices)
+        devices=devices, kv_layout=kv.layout)
 
 
 def _describe(engine: EngineConfig) -> dict[str, object]:

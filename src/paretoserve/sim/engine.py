@@ -128,6 +128,7 @@ class Simulation:
         self.replicas = pools
         self.block_size = pools[0].bs
         self.max_blocks = min(r.kv.num_blocks - r.kv.watermark_blocks for r in pools)
+        self.kv_layout = pools[0].layout
         limits = [r.config.max_model_len for r in pools if r.config.max_model_len]
         self.max_model_len = min(limits) if limits else None
         self.now = 0.0
@@ -256,7 +257,8 @@ class Simulation:
                             f"exceed the model's context of {self.max_model_len} tokens",
                             field="prompt_tokens")
         bs = self.block_size
-        if (prompt + output - 1 + bs - 1) // bs > self.max_blocks:
+        fixed = self.kv_layout.fixed_blocks(prompt + output) if self.kv_layout else 0
+        if (prompt + output - 1 + bs - 1) // bs + fixed > self.max_blocks:
             return (f"kv_capacity: needs {prompt + output - 1} tokens of KV, a replica holds "
                     f"{self.max_blocks * bs}")
         return None

@@ -57,7 +57,7 @@ class Replica:
     """
 
     __slots__ = (
-        "index", "config", "model", "bs", "kv", "scheduler", "max_seqs", "max_tokens",
+        "index", "config", "model", "bs", "kv", "layout", "scheduler", "max_seqs", "max_tokens",
         "whole_prompts", "reserve_full", "swap_s_per_token", "fast",
         "on_done", "on_itl", "on_handoff", "on_iteration",
         "running", "prefilling", "G", "n_dec", "key_sum", "hist", "done_heap",
@@ -78,6 +78,7 @@ class Replica:
         self.bs = config.block_size
         self.kv = BlockManager(config.num_blocks, config.block_size,
                                prefix_caching=config.prefix_caching, watermark=config.watermark)
+        self.layout = config.kv_layout
         self.scheduler = make_scheduler(config)
         self.max_seqs = config.max_num_seqs
         self.max_tokens = config.max_num_batched_tokens
@@ -266,8 +267,11 @@ class Replica:
             tokens = remaining
         else:
             tokens = remaining if remaining < budget else budget
-        need = (computed + tokens + bs - 1) // bs - base
-        check = (num_tokens + bs - 1) // bs - base if self.reserve_full else need
+        # Sliding-window KV and recurrent state: reserved at admission for the sequence's longest
+        # context (prompt + output), as `KvCapacity.max_sequences` counts them.
+        fixed = self.layout.fixed_blocks(seq.prompt + seq.output) if self.layout else 0
+        need = (computed + tokens + bs - 1) // bs - base + fixed
+        check = (num_tokens + bs - 1) // bs - base + fixed if self.reserve_full else need
         if check + evictable_hits + kv.watermark_blocks > kv.free:
             # Evicting an entry it would use only in part could let it in during a decode run.
             self.unsteady = self.unsteady or evictable_hits > 0
@@ -279,6 +283,7 @@ class Replica:
             seq.registered = min(len(keys), seq.groups)
         if need:
             kv.take(need)
+        seq.fixed = fixed
         if seq.first_hit < 0:
             seq.first_hit = computed
         seq.computed = computed
@@ -332,6 +337,8 @@ class Replica:
                 freed = chunk
             self.prefilling.remove(seq)
         del self.running[seq]
+        blocks += seq.fixed
+        seq.fixed = 0
         if self.scheduler.swap:
             self.kv.release(seq, blocks, park=False)
             self.swap_s += seq.computed * self.swap_s_per_token
@@ -414,8 +421,9 @@ class Replica:
         self.on_done(seq)
 
     def _release(self, seq: Sequence) -> None:
-        """Free a departing sequence's blocks (ceil(computed / block size))."""
-        self.kv.release(seq, (seq.computed + self.bs - 1) // self.bs, park=False)
+        """Free a departing sequence's blocks (ceil(computed / block size) plus its fixed ones)."""
+        self.kv.release(seq, (seq.computed + self.bs - 1) // self.bs + seq.fixed, park=False)
+        seq.fixed = 0
         del self.running[seq]
         self.outstanding -= 1
 

@@ -27,7 +27,7 @@ class Sequence:
         "c_key", "g_key", "g_done", "slot_g", "shared", "shared_blocks", "registered", "hashable",
         "span", "groups", "first_hit",
         "scheduled_s", "first_token_s", "last_token_s", "preemptions", "replica", "decode_replica",
-        "handoff", "swapped", "chunk",
+        "handoff", "swapped", "chunk", "fixed",
     )
 
     def __init__(self, request: Request, uid: int, block_size: int = 16) -> None:
@@ -62,6 +62,7 @@ class Sequence:
         self.handoff = False        # leave the replica after the first token (disaggregated prefill)
         self.swapped = False        # KV swapped out to host memory (priority policy)
         self.chunk = 0              # prompt tokens scheduled in the iteration being built
+        self.fixed = 0              # blocks held beyond ceil(computed / block size) (KvLayout)
 
     def __repr__(self) -> str:
         return f"Sequence({self.request.request_id!r}, computed={self.computed}, generated={self.generated})"

@@ -16,6 +16,7 @@ from paretoserve.catalog.device import DeviceSpec
 from paretoserve.catalog.dtypes import dtype_bytes, normalize_dtype
 from paretoserve.catalog.model import ModelSpec
 from paretoserve.errors import UserError
+from paretoserve.perf.layout import ParallelLayout
 
 GIB = 1024**3
 RUNTIME_FIXED_BYTES = 0.75 * GIB
@@ -81,15 +82,36 @@ def kv_bytes_per_token_per_device(model: ModelSpec, tp: int, pp: int, kv_dtype: 
     return values * dtype_bytes(kv_dtype or "bf16") / pp
 
 
+def expert_weight_bytes(model: ModelSpec, weight_dtype: str | None = None) -> float:
+    """Bytes of the routed experts' weights (all MoE layers) in `weight_dtype`."""
+    dtype = normalize_dtype(weight_dtype or model.weight_dtype)
+    params = sum(count * layer.mlp.num_experts * layer.mlp.expert_params(model.hidden_size)
+                 for layer, count in model.layer_groups if layer.mlp.kind == "moe")
+    return params * dtype_bytes(dtype)
+
+
+def weight_bytes_per_device(model: ModelSpec, weight_dtype: str | None, layout: ParallelLayout) -> float:
+    """Weights one GPU holds: the dense part split over tp × pp, the routed experts over
+    moe_tp × ep × pp (with EPLB's redundant slots: × (E + r) / E)."""
+    experts = expert_weight_bytes(model, weight_dtype)
+    dense = weight_bytes(model, weight_dtype) - experts
+    moe = [layer.mlp.num_experts for layer in model.layers if layer.mlp.kind == "moe"]
+    slots = (moe[0] + layout.routing.redundant_experts) / moe[0] if moe else 1.0
+    return dense / (layout.tp * layout.pp) + experts * slots / (layout.moe_tp_ways * layout.ep * layout.pp)
+
+
 def kv_capacity(model: ModelSpec, device: DeviceSpec, *, tp: int = 1, pp: int = 1,
                 gpu_memory_utilization: float = 0.9, weight_dtype: str | None = None,
                 kv_dtype: str | None = None, max_num_batched_tokens: int = 8192,
-                max_num_seqs: int = 256) -> KvCapacity:
-    """KV tokens that fit in one replica; UserError when the weights leave no room."""
+                max_num_seqs: int = 256, layout: ParallelLayout | None = None) -> KvCapacity:
+    """KV tokens that fit in one replica (one attention-DP rank of `layout`: its tp × pp GPUs hold
+    its own KV cache); UserError when the weights leave no room."""
     if not 0.0 < gpu_memory_utilization <= 1.0:
         raise UserError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    layout = layout or ParallelLayout(tp=tp, pp=pp)
+    tp, pp = layout.tp, layout.pp
     devices = tp * pp
-    weights = weight_bytes(model, weight_dtype) / devices
+    weights = weight_bytes_per_device(model, weight_dtype, layout)
     reserve = runtime_reserve_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
     usable = gpu_memory_utilization * device.mem_capacity
     free = usable - weights - reserve

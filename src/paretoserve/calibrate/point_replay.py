@@ -3,7 +3,10 @@
 `predict_point` simulates a supported point as the closed loop it was measured with: C users over
 `rounds` × C requests of exactly ISL prompt and OSL output tokens, all due at 0 s, summarised
 without warm-up and cool-down (`paretoserve.sim.closed_loop.SteadyWindow`: the first 2C and the
-last C completions), so `rounds` must be at least 4. The predicted figures are the means over the
+last C completions), so `rounds` must be at least 4. An instance with attention-DP N is N engines (one per rank, each
+with its own scheduler and KV cache) behind a least-outstanding router — vLLM's DP load balancer
+picks the rank with the lowest 4 × waiting + running — whose step times price the MoE layers on N×
+their own tokens (`paretoserve.perf.roofline`). The predicted figures are the means over the
 measured requests of TTFT and of per-request TPOT, as aiperf reports them.
 
 `error_summary` gives, per group (model × engine × mode) and overall, the coverage and for TTFT and
@@ -21,6 +24,7 @@ import numpy as np
 
 from paretoserve.calibrate.points import PointDeployment, Role
 from paretoserve.catalog.device import load_device
+from paretoserve.catalog.model import load_model
 from paretoserve.sim.closed_loop import SteadyWindow
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.deployment import build_deployment, kv_link
@@ -54,8 +58,9 @@ class PointPrediction:
 def _engine(point: PointDeployment, role: Role, profile: str | None) -> EngineConfig:
     """The engine of one instance of `role`."""
     assert point.model is not None and point.hardware is not None and point.policy is not None
+    layout = role.layout(load_model(point.model).is_moe)
     config = SimulateConfig(model=point.model, hardware=point.hardware, tp=role.tp, pp=role.pp,
-                            policy=point.policy, max_num_seqs=role.max_num_seqs,
+                            dp_attention=layout.attention_dp, ep=layout.ep, policy=point.policy, max_num_seqs=role.max_num_seqs,
                             max_num_batched_tokens=role.max_num_batched_tokens, prefix_caching=False,
                             weight_dtype=point.weight_dtype, kv_dtype=point.kv_dtype, profile=profile)
     deployment = build_deployment(config)
@@ -74,13 +79,16 @@ def predict_point(point: PointDeployment, *, profile: str | None = None,
     requests = [Request(str(i), 0.0, point.isl, point.osl) for i in range(total)]
     if point.mode == "agg":
         (role,) = point.roles
-        sim = Simulation(requests, engine=_engine(point, role, profile), concurrency=users)
+        sim = Simulation(requests, engine=_engine(point, role, profile), replicas=role.attention_dp,
+                         router="least_outstanding", concurrency=users)
     else:
         prefill_role, decode_role = point.roles
         prefill, decode = _engine(point, prefill_role, profile), _engine(point, decode_role, profile)
-        bandwidth, latency, _ = kv_link(load_device(point.hardware or ""), prefill_role.workers,
-                                        prefill_role.tp, decode_role.workers, decode_role.tp, decode_role.pp)
-        disagg = DisaggConfig(prefill_role.workers, decode_role.workers, prefill, decode,
+        ranks_p = prefill_role.workers * prefill_role.attention_dp
+        ranks_d = decode_role.workers * decode_role.attention_dp
+        bandwidth, latency, _ = kv_link(load_device(point.hardware or ""), ranks_p, prefill_role.tp,
+                                        ranks_d, decode_role.tp, decode_role.pp)
+        disagg = DisaggConfig(ranks_p, ranks_d, prefill, decode,
                               kv_bytes_per_token=prefill.kv_bytes_per_token, link_bandwidth=bandwidth,
                               link_latency=latency)
         sim = Simulation(requests, engine=None, disagg=disagg, router="least_outstanding", concurrency=users)

@@ -13,7 +13,12 @@ each shape); a step with prompt tokens uses the normal kernels, a decode-only st
 ones. `fit_phase` fits (latency, bandwidth) per family and phase by least squares on relative error;
 the constants below are the fits on the shipped SGLang 0.5.12 H100 SXM tables (EP8 on one node).
 Elsewhere (other devices, EP wider than a node) the default is the link model: the device's
-intra-node (or inter-node) latency and bandwidth × link efficiency.
+latency and bandwidth × link efficiency; across nodes the remote bytes split between the NVLink
+peers of the node ((node − 1) / (ep − 1) of them) and the other nodes ((ep − node) / (ep − 1)),
+sent at once, so the slower share sets the time, with the inter-node latency.
+
+Each GPU is one EP rank: an attention-DP rank of tp GPUs dispatches its tokens as tp slices of
+tokens / tp each (`layer_seconds` takes the tokens per GPU).
 """
 
 from __future__ import annotations
@@ -76,19 +81,22 @@ def a2a_model(device: DeviceSpec, ep: int, link_efficiency: float) -> A2aModel:
     fitted = _FITTED.get(device.name)
     if fitted is not None and ep <= device.devices_per_node:
         return fitted
-    intra = ep <= device.devices_per_node
-    bw = (device.intra_node_bandwidth if intra else device.inter_node_bandwidth) * link_efficiency
-    lat = device.intra_node_latency if intra else device.inter_node_latency
-    phase = A2aPhase(lat, bw)
-    return A2aModel(phase, phase, phase, phase, f"link default ({'intra' if intra else 'inter'}-node)")
+    node = device.devices_per_node
+    if ep <= node:
+        phase = A2aPhase(device.intra_node_latency, device.intra_node_bandwidth * link_efficiency)
+        return A2aModel(phase, phase, phase, phase, "link default (intra-node)")
+    share_intra, share_inter = (node - 1) / (ep - 1), (ep - node) / (ep - 1)
+    seconds_per_byte = max(share_intra / device.intra_node_bandwidth, share_inter / device.inter_node_bandwidth)
+    phase = A2aPhase(device.inter_node_latency, link_efficiency / seconds_per_byte)
+    return A2aModel(phase, phase, phase, phase, "link default (inter-node)")
 
 
-def layer_seconds(model: A2aModel, *, tokens_per_rank: float, top_k: int, hidden: int, ep: int,
+def layer_seconds(model: A2aModel, *, tokens_per_gpu: float, top_k: int, hidden: int, ep: int,
                   prefill: bool) -> float:
     """Dispatch + combine seconds of one MoE layer (module docstring)."""
-    if ep <= 1 or tokens_per_rank <= 0:
+    if ep <= 1 or tokens_per_gpu <= 0:
         return 0.0
-    sel = tokens_per_rank * top_k * remote_fraction(ep)
+    sel = tokens_per_gpu * top_k * remote_fraction(ep)
     d, c = ((model.normal_dispatch, model.normal_combine) if prefill
             else (model.ll_dispatch, model.ll_combine))
     return d.seconds(sel * dispatch_bytes_per_selection(hidden)) + c.seconds(sel * combine_bytes_per_selection(hidden))

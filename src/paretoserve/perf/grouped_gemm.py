@@ -50,14 +50,3 @@ def constants_for(table_dtype: str) -> GroupedGemm:
     """The constants of a kernel-table dtype ("bfloat16", "fp8", "fp8_block"; others: bf16)."""
     return SHIPPED.get(table_dtype, SHIPPED["bfloat16"])
 
-
-def moe_layer_seconds(c: GroupedGemm, *, selections: float, experts: float, entering: float,
-                      weights_per_expert: float, weight_bytes: float, hidden: int, peak: float,
-                      bandwidth: float) -> float:
-    """Seconds of one MoE layer's routed experts on one rank (module docstring's formula)."""
-    if selections <= 0:
-        return 0.0
-    compute = 2.0 * weights_per_expert * (selections + c.half_tokens * experts) / (peak * c.compute_eff)
-    memory = (experts * weights_per_expert * weight_bytes + selections * 4.0 * hidden) / (bandwidth * c.memory_eff)
-    permute = entering * 4.0 * hidden / (bandwidth * c.permute_eff)
-    return c.fixed_s + max(compute, memory) + permute

@@ -47,8 +47,8 @@ PF_TOKENS = 10     # prompt tokens computed (prefill part of TOKENS)
 DECODES = 11       # decoding sequences (decode part of TOKENS)
 MOE_SEL = 12       # (token, expert) selections computed on the busiest EP rank (per MoE layer)
 MOE_IN = 13        # selections entering each rank's MoE layer (all attention-DP ranks' tokens × top-k)
-A2A_LL = 14        # tokens this rank dispatches with low-latency kernels (decode-only steps)
-A2A_NORMAL = 15    # tokens this rank dispatches with normal kernels (steps with prompt tokens)
+A2A_LL = 14        # tokens this attention-DP rank dispatches with low-latency kernels (decode-only steps)
+A2A_NORMAL = 15    # the same with normal kernels (steps with prompt tokens); each GPU sends tokens / tp
 N_AGG = 16
 
 
@@ -379,7 +379,7 @@ class Roofline(StepTimeModel):
         ep = self.layout.ep
         if self.layout.attention_dp > 1 and ep > 1:
             a2a = alltoall.a2a_model(self.device, ep, self.eff.link)
-            remote = mlp.top_k * alltoall.remote_fraction(ep)
+            remote = mlp.top_k * alltoall.remote_fraction(ep) / self.tp  # per GPU: tokens / tp
             dispatch = remote * alltoall.dispatch_bytes_per_selection(h)
             combine = remote * alltoall.combine_bytes_per_selection(h)
             for name, phase, agg, per_token in (

@@ -48,8 +48,8 @@ from paretoserve.calibrate.points import map_row, read_points
 from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
 from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
-from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.alltoall import A2aPhase
+from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.calibrated import Calibrated, Coefficients
 from paretoserve.perf.grouped_gemm import SHIPPED
 from paretoserve.perf.profile import load_profile, save_profile

@@ -60,7 +60,8 @@ def _engine(point: PointDeployment, role: Role, profile: str | None) -> EngineCo
     assert point.model is not None and point.hardware is not None and point.policy is not None
     layout = role.layout(load_model(point.model).is_moe)
     config = SimulateConfig(model=point.model, hardware=point.hardware, tp=role.tp, pp=role.pp,
-                            dp_attention=layout.attention_dp, ep=layout.ep, policy=point.policy, max_num_seqs=role.max_num_seqs,
+                            dp_attention=layout.attention_dp, ep=layout.ep, policy=point.policy,
+                            max_num_seqs=role.max_num_seqs,
                             max_num_batched_tokens=role.max_num_batched_tokens, prefix_caching=False,
                             weight_dtype=point.weight_dtype, kv_dtype=point.kv_dtype, profile=profile)
     deployment = build_deployment(config)

@@ -36,7 +36,8 @@ def estimate_cmd(
     """Estimate one prefill step and one decode step (datasheet roofline) and the KV capacity."""
     from paretoserve.perf.estimate import estimate
 
-    est = estimate(model, hardware, tp=tp, pp=pp, dp_attention=dp_attention, ep=ep, batch=batch, prompt=prompt, context=context,
+    est = estimate(model, hardware, tp=tp, pp=pp, dp_attention=dp_attention, ep=ep, batch=batch,
+                   prompt=prompt, context=context,
                    weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                    gpu_memory_utilization=gpu_memory_utilization, profile=profile)
     if as_json:

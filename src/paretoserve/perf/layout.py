@@ -82,8 +82,9 @@ class ParallelLayout:
         for mlp in moe:
             slots = mlp.num_experts + self.routing.redundant_experts
             if slots % self.ep:
-                raise UserError(f"--ep {self.ep} does not divide {model.name}'s {mlp.num_experts} experts"
-                                f"{f' + {self.routing.redundant_experts} redundant' if self.routing.redundant_experts else ''}",
+                extra = self.routing.redundant_experts
+                plus = f" + {extra} redundant" if extra else ""
+                raise UserError(f"--ep {self.ep} does not divide {model.name}'s {mlp.num_experts} experts{plus}",
                                 field="ep")
 
 

@@ -11,8 +11,9 @@ EP rank's grouped GEMM (`paretoserve.perf.grouped_gemm`, with the expected routi
 `paretoserve.perf.routing`) on the tokens of all attention-DP ranks — the step of one rank prices
 the MoE on attention_dp × its own tokens, as if every rank ran the same batch (an approximation of
 the lock-step of real attention-DP) — and the dispatch / combine all-to-all of
-`paretoserve.perf.alltoall` when attention-DP ranks exchange tokens. Because every operator is linear in the aggregates, a run of k decode iterations
-(context +1 per sequence each time) is a sum of maxima of two lines and has a closed form, which
+`paretoserve.perf.alltoall` when attention-DP ranks exchange tokens; these MoE aggregates depend
+only on the step's token count. Because every operator is linear in the aggregates and those
+constant over a decode run, a run of k decode iterations (context +1 per sequence each time) is a sum of maxima of two lines and has a closed form, which
 `decode_run_seconds` uses.
 """
 
@@ -29,7 +30,7 @@ from paretoserve.perf import alltoall
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.fitted import table_dtype
 from paretoserve.perf.grouped_gemm import constants_for
-from paretoserve.perf.layout import ParallelLayout, check_parallelism
+from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.shape import Bound, OpTime, StepShape, StepTime
 
 # Aggregate indices: what each operator's FLOPs and bytes are linear in.

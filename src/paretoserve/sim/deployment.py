@@ -10,8 +10,8 @@ from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.errors import UserError
 from paretoserve.perf.calibrated import load_step_model
 from paretoserve.perf.layout import ParallelLayout
-from paretoserve.perf.routing import Routing
 from paretoserve.perf.memory import kv_capacity
+from paretoserve.perf.routing import Routing
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.run_config import SimulateConfig
 

@@ -19,6 +19,11 @@ what was covered. Errors are relative, (predicted − measured) / measured, in %
    (ALiBi, no config bundled) and power-capped H100 rows are counted out.
 4. Kernel tables, leave-one-out (H100, vLLM 0.19.0): median and p90 APE per kernel kind, as
    `calibrate --kernels` stores them in the profile (the computation bench_calibration reports).
+5. Fused MoE (grouped GEMM, `perf/grouped_gemm.py`), leave-one-shape-out on the H100 vLLM 0.19.0
+   moe_perf balanced rows per dtype (baseline: the previous roofline formula, 3 µs + max(FLOPs /
+   70% peak, bytes / 80% bandwidth)); EP all-to-all (`perf/alltoall.py`), leave-one-out on the
+   SGLang 0.5.12 H100 DeepEP tables per kernel family and phase (baseline: the link default,
+   10 µs + bytes / 80% of 450 GB/s NVLink).
 
 Standalone: `python benchmarks/bench_fidelity.py` (about a minute).
 """
@@ -36,13 +41,20 @@ import numpy as np
 
 from paretoserve.bench.importers import import_vllm
 from paretoserve.calibrate import calibrate_kernels
+from paretoserve.calibrate.a2a_fit import leave_one_out as a2a_leave_one_out
+from paretoserve.calibrate.a2a_fit import read_phase_rows
+from paretoserve.calibrate.moe_fit import features as moe_features
+from paretoserve.calibrate.moe_fit import leave_one_shape_out, read_moe_table
+from paretoserve.calibrate.moe_fit import predict as moe_predict
 from paretoserve.calibrate.point_replay import error_summary, predict_points
 from paretoserve.calibrate.points import map_row, read_points
 from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
 from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
+from paretoserve.perf.alltoall import A2aPhase
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.calibrated import Calibrated, Coefficients
+from paretoserve.perf.grouped_gemm import SHIPPED
 from paretoserve.perf.profile import load_profile, save_profile
 from paretoserve.perf.roofline import Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape
@@ -194,12 +206,40 @@ def loo_rows(fit: dict) -> list[dict]:
     return out
 
 
+def moe_loo_rows() -> list[dict]:
+    """Section 5 of the module docstring."""
+    device = load_device("h100_sxm")
+    root = DATA / "kernels" / "h100_sxm"
+    table = read_moe_table(root / "moe" / "vllm" / "0.19.0" / "moe_perf.parquet")
+    out = []
+    for dtype in SHIPPED:
+        loo = leave_one_shape_out(table, dtype, device)
+        f = moe_features(table, dtype, device)
+        old = np.abs(moe_predict(np.array([3e-6, 0.7, 0.8, np.inf, 0.0]), f) / f["latency"] - 1.0)
+        for stat, q in (("median", 50), ("p90", 90)):
+            out.append(_pair(f"MoE grouped-GEMM LOO H100 {dtype} {stat} APE", float(np.percentile(loo, q)),
+                             float(np.percentile(old, q)),
+                             f"{len(loo):,} balanced rows, shapes held out" if stat == "median" else ""))
+    link = A2aPhase(10e-6, 450e9 * 0.8)
+    for family in ("ll", "normal"):
+        path = root / "comm" / "sglang" / "0.5.12" / f"wideep_deepep_{family}_perf.parquet"
+        for phase in ("dispatch", "combine"):
+            loo = a2a_leave_one_out(path, family, phase)
+            remote, seconds, _ = read_phase_rows(path, family, phase)
+            old = np.abs((link.latency_s + remote / link.bandwidth) / seconds - 1.0)
+            for stat, q in (("median", 50), ("p90", 90)):
+                out.append(_pair(f"EP all-to-all LOO H100 DeepEP {family} {phase} {stat} APE",
+                                 float(np.percentile(loo, q)), float(np.percentile(old, q)),
+                                 f"{len(loo):,} shapes" if stat == "median" else ""))
+    return out
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-fidelity-") as tmp:
         folder = Path(tmp)
         paths, fit = profiles(folder)
         return (point_rows(paths["h100_sxm"]) + vllm_run_rows(folder) + splitwise_rows(folder, paths)
-                + loo_rows(fit))
+                + loo_rows(fit) + moe_loo_rows())
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
 from paretoserve.cli.app import app
 from paretoserve.errors import UserError
+from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.roofline import Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape
 from prereq import missing
@@ -78,21 +79,30 @@ def test_fp8_row_uses_fp8_weights_and_math_on_the_bf16_checkpoint():
     assert got.roles[0].tp == 4 and got.concurrency == 4 and got.unsupported is None
 
 
-def test_moe_with_expert_parallelism_is_stated_not_replayed():
+def test_moe_with_expert_parallelism_maps_to_its_layout():
+    """vLLM row tp4, moe_tp 1, moe_ep 4, batch 8: one instance on 4 GPUs, attention TP 4, whole
+    experts split 4 ways (MiniMax-M2.5's 256 experts -> 64 per GPU), c8."""
     got = point(EP)
     assert got.roles == (Role("agg", 1, 4, 1, 1, 1, 4, 8, 512, 512 + 1024 + 1500),)
-    assert got.model == "MiniMax-M2.5" and got.weight_dtype == "fp8"
-    assert got.unsupported == "expert parallelism (EP 4) is not modelled"
-    assert predict_point(got).ttft_s is None
+    assert got.roles[0].layout() == ParallelLayout(tp=4, pp=1, attention_dp=1, moe_tp=1, ep=4)
+    assert got.model == "MiniMax-M2.5" and got.weight_dtype == "fp8" and got.unsupported is None
+    assert predict_point(got).ttft_s is not None
 
 
 def test_attention_dp_row():
+    """vLLM with EP: attention TP 4 × attention-DP 4 = 16 GPUs, MoE EP 16 (moe_tp 1); batch 8 per DP
+    rank -> c32, simulated as 4 engines of 4 GPUs with 8 users each on average."""
     got = point(ADP)
-    # vLLM with EP: attention TP 4 × attention-DP 4 = 16 GPUs, MoE EP 16; batch 8 per DP rank -> c32.
     assert got.roles == (Role("agg", 1, 4, 1, 4, 1, 16, 8, 512, 512 + 1024 + 1500),)
-    assert got.concurrency == 32
-    assert got.unsupported == ("attention data parallelism (attention-DP 4) is not modelled; "
-                               "expert parallelism (EP 16) is not modelled")
+    assert got.roles[0].layout() == ParallelLayout(tp=4, pp=1, attention_dp=4, moe_tp=1, ep=16)
+    assert got.concurrency == 32 and got.unsupported is None
+    assert predict_point(got).tpot_s is not None
+
+
+def test_inconsistent_moe_columns_are_stated():
+    line, row = ROWS[ADP]
+    bad = map_row({**row, "moe_tp_size": "2"}, line, str(POINTS))
+    assert bad.unsupported == "field 'moe_tp': MoE TP 2 × EP 16 must equal attention TP 4 × DP 4 = 16 GPUs"
 
 
 def test_disaggregated_xpyd_row():
@@ -152,24 +162,25 @@ def test_error_summary_by_hand():
     a, b = point(DENSE), point(FP8)
     preds = [PointPrediction(a, a.measured_ttft_s * 1.2, a.measured_tpot_s * 0.9),
              PointPrediction(b, b.measured_ttft_s * 0.5, b.measured_tpot_s * 1.1),
-             PointPrediction(point(EP), None, None)]
+             PointPrediction(point(_find(backend="trtllm", model_path="meta-llama/Llama-3.1-8B-Instruct")), None, None)]
     summary = error_summary(preds)
     overall = summary["overall"]
     assert (overall["rows"], overall["predicted"]) == (3, 2)
     assert overall["ttft"]["median_abs"] == pytest.approx(0.35)
     assert overall["ttft"]["mean_signed"] == pytest.approx(-0.15)
     assert overall["tpot"]["median_abs"] == pytest.approx(0.1)
-    assert summary["unsupported"] == {"expert parallelism (EP 4) is not modelled": 1}
+    assert summary["unsupported"] == {"engine TensorRT-LLM: its scheduler is not modelled (only vLLM's)": 1}
     assert [g["rows"] for g in summary["groups"]] == [1, 1, 1]
 
 
 def test_validate_points_cli_writes_predictions_and_summary(tmp_path):
     source = tmp_path / "in" / "points.csv"
     source.parent.mkdir()
+    trt = _find(backend="trtllm", model_path="meta-llama/Llama-3.1-8B-Instruct")
     with open(POINTS, newline="") as handle:
         reader = csv.DictReader(handle)
         fields = reader.fieldnames
-        chosen = [r for r in reader if r["id"] in (DENSE, FP8, EP, DISAGG)]
+        chosen = [r for r in reader if r["id"] in (DENSE, FP8, trt, DISAGG)]
     with open(source, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -181,8 +192,8 @@ def test_validate_points_cli_writes_predictions_and_summary(tmp_path):
     assert summary["overall"]["rows"] == 4 and summary["overall"]["predicted"] == 3 and summary["estimated"]
     with open(out / "predictions.csv", newline="") as handle:
         lines = {r["id"]: r for r in csv.DictReader(handle)}
-    assert set(lines) == {DENSE, FP8, EP, DISAGG}
-    assert lines[EP]["predicted_ttft_ms"] == "" and "expert parallelism" in lines[EP]["unsupported_reason"]
+    assert set(lines) == {DENSE, FP8, trt, DISAGG}
+    assert lines[trt]["predicted_ttft_ms"] == "" and "TensorRT-LLM" in lines[trt]["unsupported_reason"]
     assert float(lines[DENSE]["predicted_ttft_ms"]) > 0 and lines[DENSE]["unsupported_reason"] == ""
     assert "Predicted vs measured" in (out / "report.html").read_text()
     dom, errors = render_in_chromium(out / "report.html", tmp_path / "chromium-profile")

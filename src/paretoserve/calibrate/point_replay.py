@@ -22,6 +22,11 @@ think time in this mode, so the users' lock-step start is part of what was measu
 `STEADY` is the plain steady-state closed loop instead: 5·C requests, no warm-up phase, the first
 2·C and last C completions left out (`paretoserve.sim.closed_loop.MeasuredWindow`).
 
+An instance with attention-DP N is N engines (one per rank, each with its own scheduler and KV
+cache) behind a least-outstanding router — vLLM's DP load balancer picks the rank with the lowest
+4 × waiting + running — whose step times price the MoE layers on N× their own tokens
+(`paretoserve.perf.roofline`).
+
 `error_summary` gives, per group (model × engine × mode) and overall, the coverage and for TTFT and
 TPOT the median and p90 of |error| and the mean signed error, error = (predicted − measured) /
 measured.
@@ -37,6 +42,7 @@ import numpy as np
 
 from paretoserve.calibrate.points import PointDeployment, Role
 from paretoserve.catalog.device import load_device
+from paretoserve.catalog.model import load_model
 from paretoserve.sim.closed_loop import MeasuredWindow
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.deployment import build_deployment, kv_link
@@ -90,8 +96,10 @@ class PointPrediction:
 def _engine(point: PointDeployment, role: Role, profile: str | None) -> EngineConfig:
     """The engine of one instance of `role`."""
     assert point.model is not None and point.hardware is not None and point.policy is not None
+    layout = role.layout(load_model(point.model).is_moe)
     config = SimulateConfig(model=point.model, hardware=point.hardware, tp=role.tp, pp=role.pp,
-                            policy=point.policy, max_num_seqs=role.max_num_seqs,
+                            dp_attention=layout.attention_dp, ep=layout.ep, policy=point.policy,
+                            max_num_seqs=role.max_num_seqs,
                             max_num_batched_tokens=role.max_num_batched_tokens, prefix_caching=False,
                             weight_dtype=point.weight_dtype, kv_dtype=point.kv_dtype, profile=profile)
     deployment = build_deployment(config)
@@ -111,13 +119,16 @@ def predict_point(point: PointDeployment, *, profile: str | None = None,
     requests = [Request(str(i), 0.0, point.isl, point.osl) for i in range(warmup + measured)]
     if point.mode == "agg":
         (role,) = point.roles
-        sim = Simulation(requests, engine=_engine(point, role, profile), concurrency=users, warmup=warmup)
+        sim = Simulation(requests, engine=_engine(point, role, profile), replicas=role.attention_dp,
+                         router="least_outstanding", concurrency=users, warmup=warmup)
     else:
         prefill_role, decode_role = point.roles
         prefill, decode = _engine(point, prefill_role, profile), _engine(point, decode_role, profile)
-        bandwidth, latency, _ = kv_link(load_device(point.hardware or ""), prefill_role.workers,
-                                        prefill_role.tp, decode_role.workers, decode_role.tp, decode_role.pp)
-        disagg = DisaggConfig(prefill_role.workers, decode_role.workers, prefill, decode,
+        ranks_p = prefill_role.workers * prefill_role.attention_dp
+        ranks_d = decode_role.workers * decode_role.attention_dp
+        bandwidth, latency, _ = kv_link(load_device(point.hardware or ""), ranks_p, prefill_role.tp,
+                                        ranks_d, decode_role.tp, decode_role.pp)
+        disagg = DisaggConfig(ranks_p, ranks_d, prefill, decode,
                               kv_bytes_per_token=prefill.kv_bytes_per_token, link_bandwidth=bandwidth,
                               link_latency=latency)
         sim = Simulation(requests, engine=None, disagg=disagg, router="least_outstanding", concurrency=users,

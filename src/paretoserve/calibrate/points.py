@@ -17,7 +17,10 @@ Rules (the AIC benchmark generator's, engine_facts.md §1):
   (weight-only: H100 has no FP4 math); KV cache in bf16 (vLLM's `--kv-cache-dtype auto`);
 - engine caps (vLLM): aggregated and decode workers max_num_seqs = 512 (2 × batch above 512);
   max_num_batched_tokens = max_num_seqs + ISL + 1500 (aggregated), max_num_seqs (decode);
-  prefill workers 1 sequence and ISL + 1500 tokens; prefix caching off (random prompts).
+  prefill workers 1 sequence and ISL + 1500 tokens; prefix caching off (random prompts);
+- layout (`Role.layout`, engine-independent): attention TP `tp_size` × attention-DP
+  `attention_dp_size` GPUs per stage, experts split as `moe_tp_size` × `moe_ep_size` (blank or 0:
+  sharded like attention over tp × DP); caps and batch size are per attention-DP rank.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from pathlib import Path
 from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.errors import UserError
-from paretoserve.perf.roofline import check_parallelism, gemm_compute_dtype
+from paretoserve.perf.layout import ParallelLayout
+from paretoserve.perf.roofline import gemm_compute_dtype
 
 #: Columns a points file must have (the rest of AIC's schema is optional).
 REQUIRED = ("id", "backend", "model_path", "system", "mode", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms")
@@ -67,6 +71,17 @@ class Role:
     batch_size: int
     max_num_seqs: int
     max_num_batched_tokens: int
+
+    def layout(self, moe: bool = True) -> ParallelLayout:
+        """The engine-independent parallel layout of one instance (UserError if inconsistent).
+
+        Blank / 0 MoE columns (or no EP) mean: experts sharded over all tp × attention-DP GPUs
+        (moe_tp = tp × DP ÷ EP); a dense model (`moe` false) ignores the MoE columns."""
+        if not moe:
+            return ParallelLayout(tp=self.tp, pp=self.pp, attention_dp=self.attention_dp)
+        ep = max(1, self.moe_ep)
+        return ParallelLayout(tp=self.tp, pp=self.pp, attention_dp=self.attention_dp,
+                              moe_tp=self.moe_tp if self.moe_tp and self.moe_ep else None, ep=ep)
 
 
 @dataclass(frozen=True)
@@ -223,24 +238,16 @@ def _dtype(row: dict[str, str], model: ModelSpec | None) -> tuple[str | None, st
     return (model.weight_dtype if model else "bf16"), None
 
 
-def _layout_problems(role: Role, model: ModelSpec | None, backend: str) -> list[str]:
-    """What the simulator lacks to run `role` as recorded."""
+def _layout_problems(role: Role, model: ModelSpec | None) -> list[str]:
+    """Why `role`'s layout cannot run (inconsistent columns, heads or experts not divisible)."""
     label = "" if role.name == "agg" else f"{role.name}: "
-    out = []
-    if role.attention_dp > 1:
-        out.append(f"{label}attention data parallelism (attention-DP {role.attention_dp}) is not modelled")
-    moe = model is not None and model.is_moe
-    if moe and role.moe_ep > 1:
-        out.append(f"{label}expert parallelism (EP {role.moe_ep}) is not modelled")
-    gpus = role.tp * role.attention_dp
-    if moe and role.moe_ep <= 1 and role.moe_tp not in (0, gpus):
-        out.append(f"{label}MoE tensor parallelism {role.moe_tp} ≠ attention TP × DP {gpus} is not modelled")
-    if model is not None:
-        try:
-            check_parallelism(model, role.tp, role.pp)
-        except UserError as exc:
-            out.append(f"{label}{exc}")
-    return out
+    try:
+        layout = role.layout(model is not None and model.is_moe)
+        if model is not None:
+            layout.check(model)
+    except UserError as exc:
+        return [f"{label}{exc}"]
+    return []
 
 
 def map_row(row: dict[str, str], line: int, where: str = "") -> PointDeployment:
@@ -283,7 +290,7 @@ def map_row(row: dict[str, str], line: int, where: str = "") -> PointDeployment:
         problems.append(f"the id says concurrency {stated[1]} but the layout gives {concurrency} "
                         f"(replica count not recorded)")
     for role in roles:
-        problems.extend(_layout_problems(role, model, backend))
+        problems.extend(_layout_problems(role, model))
         if role.batch_size < 1 or role.workers < 1:
             problems.append(f"{role.name}: batch size and worker count must be >= 1")
     return PointDeployment(

@@ -21,6 +21,8 @@ def estimate_cmd(
     hardware: str = typer.Option(..., "--hardware", "-H", help="Catalog device name or a device YAML."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel devices."),
     pp: int = typer.Option(1, "--pp", help="Pipeline-parallel stages."),
+    dp_attention: int = typer.Option(1, "--dp-attention", help="Attention data-parallel ranks (MoE spans them)."),
+    ep: int = typer.Option(1, "--ep", help="Expert-parallel ways of the MoE layers."),
     batch: int = typer.Option(1, "--batch", "-b", min=1, help="Sequences in the batch."),
     prompt: int = typer.Option(1024, "--prompt", "-p", min=1, help="Prompt tokens per sequence (prefill)."),
     context: int | None = typer.Option(None, "--context", min=1,
@@ -34,7 +36,8 @@ def estimate_cmd(
     """Estimate one prefill step and one decode step (datasheet roofline) and the KV capacity."""
     from paretoserve.perf.estimate import estimate
 
-    est = estimate(model, hardware, tp=tp, pp=pp, batch=batch, prompt=prompt, context=context,
+    est = estimate(model, hardware, tp=tp, pp=pp, dp_attention=dp_attention, ep=ep, batch=batch,
+                   prompt=prompt, context=context,
                    weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                    gpu_memory_utilization=gpu_memory_utilization, profile=profile)
     if as_json:

@@ -40,6 +40,11 @@ def simulate_cmd(
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel devices per replica."),
     pp: int = typer.Option(1, "--pp", min=1, help="Pipeline-parallel stages per replica."),
     replicas: int = typer.Option(1, "--replicas", min=1, help="Data-parallel replicas."),
+    dp_attention: int = typer.Option(1, "--dp-attention", min=1,
+                                     help="Attention data-parallel ranks per replica (MoE spans them)."),
+    ep: int = typer.Option(1, "--ep", min=1, help="Expert-parallel ways of the MoE layers."),
+    moe_skew: float = typer.Option(1.0, "--moe-skew", help="Routing skew: factor on the busiest EP rank's load."),
+    eplb_redundant: int = typer.Option(0, "--eplb-redundant", min=0, help="EPLB redundant experts (total)."),
     router: str = typer.Option("round_robin", "--router",
                                help="round_robin, least_outstanding or prefix_affinity."),
     disagg: str | None = typer.Option(None, "--disagg", help="Disaggregated pools, e.g. 2P1D."),
@@ -99,7 +104,8 @@ def simulate_cmd(
 
     try:
         config = SimulateConfig(
-            model=model, hardware=hardware, tp=tp, pp=pp, replicas=replicas, router=router, disagg=disagg,
+            model=model, hardware=hardware, tp=tp, pp=pp, dp_attention=dp_attention, ep=ep, moe_skew=moe_skew,
+            eplb_redundant=eplb_redundant, replicas=replicas, router=router, disagg=disagg,
             prefill_tp=prefill_tp, decode_tp=decode_tp, trace=trace, arrival=arrival, rate=rate,
             rate_scale=rate_scale, requests=requests, duration_s=duration, prompt=prompt, output=output,
             seed=seed, concurrency=concurrency, warmup=warmup, window=window, policy=policy,

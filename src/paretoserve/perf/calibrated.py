@@ -38,6 +38,7 @@ from paretoserve.catalog.dtypes import dtype_bytes
 from paretoserve.catalog.model import ModelSpec
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.fitted import Coefficients, Grid, KernelFit, table_dtype
+from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.profile import load_profile
 from paretoserve.perf.roofline import (
     DEC_KV,
@@ -96,13 +97,15 @@ class Calibrated(StepTimeModel):
         coefficients: global end-to-end corrections.
         efficiency: default efficiencies of the operators without kernel tables.
         gemm_dtype: table group for FP8 weights ("fp8" per-tensor scaling, or "fp8_block").
+        layout: the parallel layout (see `Roofline`); the routed experts and all-to-all keep the
+            roofline's layout-aware operators.
     """
 
     def __init__(self, model: ModelSpec, device: DeviceSpec, *, tp: int = 1, pp: int = 1,
                  weight_dtype: str | None = None, kv_dtype: str | None = None,
                  kernels: Mapping[str, KernelFit] | None = None,
                  coefficients: Coefficients | None = None, efficiency: Efficiency | None = None,
-                 gemm_dtype: str | None = None) -> None:
+                 gemm_dtype: str | None = None, layout: ParallelLayout | None = None) -> None:
         self.coef = coefficients or Coefficients()
         base = efficiency or Efficiency()
         cs, ms = self.coef.compute_scale, self.coef.memory_scale
@@ -111,8 +114,8 @@ class Calibrated(StepTimeModel):
         scaled = replace(base, gemm=base.gemm * cs, attention=base.attention * cs, memory=base.memory * ms,
                          step_overhead_s=0.0)
         self.roof = Roofline(model, device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                             efficiency=scaled)
-        self.model, self.device, self.tp, self.pp = model, device, tp, pp
+                             efficiency=scaled, layout=layout)
+        self.model, self.device, self.tp, self.pp = model, device, self.roof.tp, self.roof.pp
         self.weight_dtype, self.kv_dtype = self.roof.weight_dtype, self.roof.kv_dtype
         self.kernels = dict(kernels or {})
         self.compute_dtype = gemm_compute_dtype(self.weight_dtype, device)
@@ -542,7 +545,8 @@ def _pl_sum(x: list[float], y: list[float], c0: float, k: int) -> float:
 
 def load_step_model(model: str | ModelSpec, device: str | DeviceSpec, *, tp: int = 1, pp: int = 1,
                     weight_dtype: str | None = None, kv_dtype: str | None = None,
-                    profile: str | os.PathLike[str] | None = None) -> StepTimeModel:
+                    profile: str | os.PathLike[str] | None = None,
+                    layout: ParallelLayout | None = None) -> StepTimeModel:
     """The step-time model `simulate`, `plan` and `estimate` use.
 
     Without `profile`: the datasheet `Roofline` with default efficiencies. With a profile file
@@ -555,7 +559,7 @@ def load_step_model(model: str | ModelSpec, device: str | DeviceSpec, *, tp: int
     spec = load_model(model) if isinstance(model, str) else model
     dev = load_device(device) if isinstance(device, str) else device
     if profile is None:
-        return Roofline(spec, dev, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
+        return Roofline(spec, dev, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, layout=layout)
     prof = load_profile(profile, device=dev.name)
     return Calibrated(spec, dev, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                      kernels=prof.kernels, coefficients=prof.coefficients)
+                      kernels=prof.kernels, coefficients=prof.coefficients, layout=layout)

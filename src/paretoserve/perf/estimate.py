@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.perf.calibrated import load_step_model
+from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.memory import KvCapacity, kv_capacity
 from paretoserve.perf.roofline import Efficiency, Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape, StepTime
@@ -62,21 +63,23 @@ class Estimate:
 
 
 def estimate(model: str | ModelSpec, hardware: str | DeviceSpec, *, tp: int = 1, pp: int = 1,
-             batch: int = 1, prompt: int = 1024, context: int | None = None,
+             dp_attention: int = 1, ep: int = 1, batch: int = 1, prompt: int = 1024, context: int | None = None,
              weight_dtype: str | None = None, kv_dtype: str | None = None,
              gpu_memory_utilization: float = 0.9, efficiency: Efficiency | None = None,
              profile: str | None = None) -> Estimate:
     """Estimate prefill of `batch` prompts of `prompt` tokens and one decode step of `batch`
     sequences at `context` tokens (default: `prompt`), with the datasheet roofline or, given a
-    calibrated `profile` file for `hardware`, the calibrated model."""
+    calibrated `profile` file for `hardware`, the calibrated model. With `dp_attention` N the batch
+    is one attention-DP rank's and the MoE layers see N such batches; `ep` splits the experts."""
     spec = load_model(model) if isinstance(model, str) else model
     device = load_device(hardware) if isinstance(hardware, str) else hardware
-    roofline = Roofline(spec, device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                        efficiency=efficiency)
+    layout = ParallelLayout(tp=tp, pp=pp, attention_dp=dp_attention, ep=ep)
+    roofline = Roofline(spec, device, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                        efficiency=efficiency, layout=layout)
     model_used = roofline if profile is None else load_step_model(
-        spec, device, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, profile=profile)
-    kv = kv_capacity(spec, device, tp=tp, pp=pp, gpu_memory_utilization=gpu_memory_utilization,
-                     weight_dtype=roofline.weight_dtype, kv_dtype=roofline.kv_dtype)
+        spec, device, weight_dtype=weight_dtype, kv_dtype=kv_dtype, profile=profile, layout=layout)
+    kv = kv_capacity(spec, device, gpu_memory_utilization=gpu_memory_utilization,
+                     weight_dtype=roofline.weight_dtype, kv_dtype=roofline.kv_dtype, layout=layout)
     ctx = prompt if context is None else context
     prefill = model_used.step_time(StepShape(prefill=(PrefillChunk(prompt, 0, True),) * batch))
     decode = model_used.step_time(StepShape(decode=(ctx,) * batch))

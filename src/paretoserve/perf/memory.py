@@ -19,6 +19,7 @@ from paretoserve.catalog.device import DeviceSpec
 from paretoserve.catalog.dtypes import dtype_bytes, normalize_dtype
 from paretoserve.catalog.model import ModelSpec
 from paretoserve.errors import UserError
+from paretoserve.perf.layout import ParallelLayout
 
 GIB = 1024**3
 RUNTIME_FIXED_BYTES = 0.75 * GIB
@@ -157,27 +158,48 @@ def kv_layout(model: ModelSpec, tp: int, pp: int, kv_dtype: str | None,
                     window_blocks=-(-(span - 1) // block_size) + 1 if window else 0, state_bytes=state)
 
 
+def expert_weight_bytes(model: ModelSpec, weight_dtype: str | None = None) -> float:
+    """Bytes of the routed experts' weights (all MoE layers) in their dtype (`ModelSpec.dtypes`;
+    `weight_dtype` overrides the quantizable modules)."""
+    dtypes = model.dtypes(normalize_dtype(weight_dtype) if weight_dtype else None)
+    return model.params_by_module.get("experts", 0) * dtype_bytes(dtypes.of("experts"))
+
+
+def weight_bytes_per_device(model: ModelSpec, weight_dtype: str | None, layout: ParallelLayout) -> float:
+    """Weights one GPU holds: the dense part split over tp × pp, the routed experts over
+    moe_tp × ep × pp (with EPLB's redundant slots: × (E + r) / E)."""
+    experts = expert_weight_bytes(model, weight_dtype)
+    dense = weight_bytes(model, weight_dtype) - experts
+    moe = [layer.mlp.num_experts for layer in model.layers if layer.mlp.kind == "moe"]
+    slots = (moe[0] + layout.routing.redundant_experts) / moe[0] if moe else 1.0
+    return dense / (layout.tp * layout.pp) + experts * slots / (layout.moe_tp_ways * layout.ep * layout.pp)
+
+
 def kv_capacity(model: ModelSpec, device: DeviceSpec, *, tp: int = 1, pp: int = 1,
                 gpu_memory_utilization: float = 0.9, weight_dtype: str | None = None,
                 kv_dtype: str | None = None, max_num_batched_tokens: int = 8192,
-                max_num_seqs: int = 256, block_size: int = DEFAULT_BLOCK_SIZE) -> KvCapacity:
-    """KV blocks that fit in one replica; UserError when the weights leave no room."""
+                max_num_seqs: int = 256, block_size: int = DEFAULT_BLOCK_SIZE,
+                layout: ParallelLayout | None = None) -> KvCapacity:
+    """KV blocks that fit in one replica (one attention-DP rank of `layout`: its tp × pp GPUs hold
+    its own KV cache); UserError when the weights leave no room."""
     if not 0.0 < gpu_memory_utilization <= 1.0:
         raise UserError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    layout = layout or ParallelLayout(tp=tp, pp=pp)
+    tp, pp = layout.tp, layout.pp
     devices = tp * pp
-    weights = weight_bytes(model, weight_dtype) / devices
+    weights = weight_bytes_per_device(model, weight_dtype, layout)
     reserve = runtime_reserve_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
     usable = gpu_memory_utilization * device.mem_capacity
     free = usable - weights - reserve
-    layout = kv_layout(model, tp, pp, kv_dtype, block_size)
-    blocks = int(free // layout.block_bytes) if free > 0 else 0
-    if blocks < layout.sequence_blocks(block_size):
+    cache = kv_layout(model, tp, pp, kv_dtype, block_size)
+    blocks = int(free // cache.block_bytes) if free > 0 else 0
+    if blocks < cache.sequence_blocks(block_size):
         need = (weights + reserve) / gpu_memory_utilization / 1e9
         raise UserError(
             f"{model.name} does not fit on {devices}× {device.name}: weights {weights / 1e9:.1f} GB + "
             f"runtime {reserve / 1e9:.1f} GB per device exceed {usable / 1e9:.1f} GB usable "
             f"({gpu_memory_utilization:.0%} of {device.mem_capacity / 1e9:.0f} GB); need about "
             f"{need:.0f} GB per device — use more devices (--tp/--pp) or a smaller weight dtype")
-    per_token = layout.growing_bytes_per_token + layout.window_bytes_per_token
-    return KvCapacity(blocks=blocks, layout=layout, bytes=free * devices, bytes_per_token=per_token * devices,
+    per_token = cache.growing_bytes_per_token + cache.window_bytes_per_token
+    return KvCapacity(blocks=blocks, layout=cache, bytes=free * devices, bytes_per_token=per_token * devices,
                       weight_bytes_per_device=weights, reserve_bytes_per_device=reserve, devices=devices)

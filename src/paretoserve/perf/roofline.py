@@ -6,8 +6,14 @@ aggregates of the step (tokens, sampled rows, attention pairs, KV tokens read, .
     fixed + max(FLOPs / (peak × compute efficiency), bytes / (bandwidth × memory efficiency))
 
 summed over the layers it appears in, plus tensor-parallel all-reduces and pipeline send/recv from
-the link model. Because every operator is linear in the aggregates, a run of k decode iterations
-(context +1 per sequence each time) is a sum of maxima of two lines and has a closed form, which
+the link model. Routed experts follow the parallel layout (`paretoserve.perf.layout`): the busiest
+EP rank's grouped GEMM (`paretoserve.perf.grouped_gemm`, with the expected routing imbalance of
+`paretoserve.perf.routing`) on the tokens of all attention-DP ranks — the step of one rank prices
+the MoE on attention_dp × its own tokens, as if every rank ran the same batch (an approximation of
+the lock-step of real attention-DP) — and the dispatch / combine all-to-all of
+`paretoserve.perf.alltoall` when attention-DP ranks exchange tokens; these MoE aggregates depend
+only on the step's token count. Because every operator is linear in the aggregates and those
+constant over a decode run, a run of k decode iterations (context +1 per sequence each time) is a sum of maxima of two lines and has a closed form, which
 `decode_run_seconds` uses.
 """
 
@@ -20,7 +26,11 @@ from paretoserve.catalog.device import DeviceSpec
 from paretoserve.catalog.dtypes import dtype_bytes, normalize_dtype
 from paretoserve.catalog.model import LayerSpec, ModelSpec
 from paretoserve.errors import UserError
+from paretoserve.perf import alltoall
 from paretoserve.perf.base import StepTimeModel
+from paretoserve.perf.fitted import table_dtype
+from paretoserve.perf.grouped_gemm import constants_for
+from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.shape import Bound, OpTime, StepShape, StepTime
 
 # Aggregate indices: what each operator's FLOPs and bytes are linear in.
@@ -33,10 +43,14 @@ DEC_KV = 5         # KV tokens read by decodes, full-attention layers
 PF_PAIRS_W = 6     # the same three for sliding-window layers (capped at the window)
 PF_KV_W = 7
 DEC_KV_W = 8
-EXPERTS = 9        # distinct routed experts touched by the batch (per MoE layer)
+EXPERTS = 9        # distinct routed experts touched on the busiest EP rank (per MoE layer)
 PF_TOKENS = 10     # prompt tokens computed (prefill part of TOKENS)
 DECODES = 11       # decoding sequences (decode part of TOKENS)
-N_AGG = 12
+MOE_SEL = 12       # (token, expert) selections computed on the busiest EP rank (per MoE layer)
+MOE_IN = 13        # selections entering each rank's MoE layer (all attention-DP ranks' tokens × top-k)
+A2A_LL = 14        # tokens this attention-DP rank dispatches with low-latency kernels (decode-only steps)
+A2A_NORMAL = 15    # the same with normal kernels (steps with prompt tokens); each GPU sends tokens / tp
+N_AGG = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,8 @@ class Roofline(StepTimeModel):
     """Datasheet roofline of one replica: `model` on `tp × pp` devices of kind `device`.
 
     Args:
+        layout: the full parallel layout (attention-DP, MoE-TP, EP, routing); default tp × pp with
+            the experts sharded like attention. Given, it replaces `tp` and `pp`.
         weight_dtype: stored format of the quantizable weights (default: as the checkpoint stores
             each module, `ModelSpec.dtypes`).
         kv_dtype: KV-cache format (default bf16).
@@ -86,9 +102,11 @@ class Roofline(StepTimeModel):
 
     def __init__(self, model: ModelSpec, device: DeviceSpec, *, tp: int = 1, pp: int = 1,
                  weight_dtype: str | None = None, kv_dtype: str | None = None,
-                 efficiency: Efficiency | None = None) -> None:
-        check_parallelism(model, tp, pp)
-        self.model, self.device, self.tp, self.pp = model, device, tp, pp
+                 efficiency: Efficiency | None = None, layout: ParallelLayout | None = None) -> None:
+        layout = layout_of(tp, pp, layout)
+        layout.check(model)
+        self.layout = layout
+        self.model, self.device, self.tp, self.pp = model, device, layout.tp, layout.pp
         self.weight_dtype = normalize_dtype(weight_dtype or model.weight_dtype)
         self.kv_dtype = normalize_dtype(kv_dtype or "bf16")
         self.eff = efficiency or Efficiency()
@@ -107,6 +125,8 @@ class Roofline(StepTimeModel):
         moe = [layer.mlp for layer in model.layers if layer.mlp.kind == "moe"]
         self.moe_experts = moe[0].num_experts if moe else 0
         self.moe_top_k = moe[0].top_k if moe else 0
+        self.moe_slots = (self.moe_experts + layout.routing.redundant_experts) / layout.ep
+        self._moe_cache: dict[float, tuple[float, float, float]] = {}
         self.ops = self._build_ops()
         self._lines: dict[int, tuple[float, tuple[tuple[float, float, float, float], ...]]] = {}
 
@@ -230,7 +250,7 @@ class Roofline(StepTimeModel):
             agg[DEC_KV] += sum(shape.decode)
             if w:
                 agg[DEC_KV_W] += sum(min(x, w) for x in shape.decode)
-        agg[EXPERTS] = self._experts_touched(agg[TOKENS])
+        self._moe_aggregates(agg, prefill=bool(agg[PF_TOKENS]))
         return agg
 
     def _decode_aggregates(self, n: int, context_sum: int) -> list[float]:
@@ -239,15 +259,27 @@ class Roofline(StepTimeModel):
         agg[DEC_KV] = float(context_sum)
         if self.window:
             agg[DEC_KV_W] = n * min(context_sum / n, self.window)
-        agg[EXPERTS] = self._experts_touched(n)
+        self._moe_aggregates(agg, prefill=False)
         return agg
 
-    def _experts_touched(self, tokens: float) -> float:
-        """Expected distinct experts hit when `tokens` tokens each pick top-k of E uniformly."""
-        if not self.moe_experts:
-            return 0.0
-        e, k = self.moe_experts, self.moe_top_k
-        return e * (1.0 - (1.0 - k / e) ** tokens)
+    def _moe_aggregates(self, agg: list[float], prefill: bool) -> None:
+        """Fill the MoE aggregates from the rank's tokens (every attention-DP rank assumed alike)."""
+        if not self.moe_experts or not agg[TOKENS]:
+            return
+        tokens = agg[TOKENS]
+        cached = self._moe_cache.get(tokens)
+        if cached is None:
+            lay, e, k = self.layout, self.moe_experts, self.moe_top_k
+            entering = tokens * lay.attention_dp * k
+            busiest = entering / lay.ep * lay.routing.max_over_mean(round(entering), lay.ep)
+            touched = self.moe_slots * (1.0 - (1.0 - k / e) ** (tokens * lay.attention_dp))
+            cached = (busiest, entering, touched)
+            if len(self._moe_cache) > 100_000:
+                self._moe_cache.clear()
+            self._moe_cache[tokens] = cached
+        agg[MOE_SEL], agg[MOE_IN], agg[EXPERTS] = cached
+        if self.layout.attention_dp > 1 and self.layout.ep > 1:
+            agg[A2A_NORMAL if prefill else A2A_LL] = tokens
 
     def _evaluate(self, agg: list[float]) -> float:
         return self.eff.step_overhead_s + ops_seconds(self.ops, agg)
@@ -330,11 +362,7 @@ class Roofline(StepTimeModel):
             name = "mlp" if mlp.kind == "dense" else "moe.shared"
             gemm(name, count, h, mlp.matrices * mlp.intermediate / tp, "mlp")
         if mlp.kind == "moe":
-            gemm("moe.router", count, h, mlp.num_experts, "router")
-            per_expert = mlp.matrices * h * mlp.expert_intermediate
-            add("moe.experts", count, self.gemm_peak["experts"], self.mem_bw, lat,
-                {TOKENS: 2.0 * per_expert * mlp.top_k / tp}, 0.0,
-                {EXPERTS: per_expert * wb["experts"] / tp, TOKENS: mlp.top_k * 2.0 * h * ab})
+            self._moe_ops(mlp, count, gemm, add, h, wb["experts"])
         norm_bytes = layer.norms * 4.0 * h * ab  # fused add + RMSNorm: read x and residual, write both
         add("norm+residual", count, 0.0, self.mem_bw, lat * layer.norms, {}, 0.0, {TOKENS: norm_bytes})
         if tp > 1:
@@ -343,6 +371,40 @@ class Roofline(StepTimeModel):
             link_bw = self.device.intra_node_bandwidth * self.eff.link / ring
             fixed = (tp - 1) * self.device.intra_node_latency
             add("tp.allreduce", count * reduces, 0.0, link_bw, fixed, {}, 0.0, {TOKENS: h * ab}, "comm")
+
+    def _moe_ops(self, mlp, count: int, gemm, add, h: int, wb: float) -> None:
+        """Router, routed experts (grouped GEMM on the busiest EP rank) and the EP all-to-all."""
+        gemm("moe.router", count, h, mlp.num_experts, "router")
+        compute = gemm_compute_dtype(self.dtypes.of("experts"), self.device)
+        c = constants_for(table_dtype(compute))
+        per_expert = mlp.matrices * h * mlp.expert_intermediate / self.layout.moe_tp_ways
+        peak = self.device.peak_flops(compute) * c.compute_eff
+        bw = self.device.mem_bandwidth
+        add("moe.experts", count, peak, bw * c.memory_eff, c.fixed_s,
+            {MOE_SEL: 2.0 * per_expert, EXPERTS: 2.0 * per_expert * c.half_tokens}, 0.0,
+            {EXPERTS: per_expert * wb, MOE_SEL: 4.0 * h})
+        add("moe.permute", count, 0.0, bw * c.permute_eff, 0.0, {}, 0.0, {MOE_IN: 4.0 * h})
+        ep = self.layout.ep
+        if self.layout.attention_dp > 1 and ep > 1:
+            a2a = alltoall.a2a_model(self.device, ep, self.eff.link)
+            remote = mlp.top_k * alltoall.remote_fraction(ep) / self.tp  # per GPU: tokens / tp
+            dispatch = remote * alltoall.dispatch_bytes_per_selection(h)
+            combine = remote * alltoall.combine_bytes_per_selection(h)
+            for name, phase, agg, per_token in (
+                    ("moe.a2a_dispatch", a2a.ll_dispatch, A2A_LL, dispatch),
+                    ("moe.a2a_combine", a2a.ll_combine, A2A_LL, combine),
+                    ("moe.a2a_dispatch", a2a.normal_dispatch, A2A_NORMAL, dispatch),
+                    ("moe.a2a_combine", a2a.normal_combine, A2A_NORMAL, combine)):
+                add(name, count, 0.0, phase.bandwidth, phase.latency_s, {}, 0.0, {agg: per_token}, "comm")
+
+
+def layout_of(tp: int, pp: int, layout: ParallelLayout | None) -> ParallelLayout:
+    """`layout`, or tp × pp with experts sharded like attention; UserError if both disagree."""
+    if layout is None:
+        return ParallelLayout(tp=tp, pp=pp)
+    if (tp, pp) not in ((1, 1), (layout.tp, layout.pp)):
+        raise UserError(f"tp={tp} pp={pp} contradict the layout's tp={layout.tp} pp={layout.pp}")
+    return layout
 
 
 def ops_seconds(ops: list[_Op], agg: list[float]) -> float:
@@ -412,21 +474,3 @@ def gemm_compute_dtype(weight_dtype: str, device: DeviceSpec) -> str:
     kernels such as Marlin); int4 and 16-bit weights in bf16."""
     dtype = normalize_dtype(weight_dtype)
     return dtype if dtype in ("fp8", "fp4", "int8") and dtype in device.flops else "bf16"
-
-
-def check_parallelism(model: ModelSpec, tp: int, pp: int) -> None:
-    """UserError unless `tp` divides every layer's heads and `pp` ≤ layers."""
-    if tp < 1 or pp < 1:
-        raise UserError(f"tp and pp must be >= 1, got tp={tp} pp={pp}")
-    for layer in model.layers:
-        att = layer.attention
-        heads = att.num_heads if att.kind in ("gqa", "mla") else att.mamba_heads
-        if heads and heads % tp:
-            valid = [d for d in range(1, heads + 1) if heads % d == 0 and d <= 64]
-            raise UserError(f"--tp {tp} does not divide {model.name}'s {heads} attention heads; "
-                            f"valid TP sizes: {', '.join(map(str, valid))}")
-        if att.kind == "gqa" and att.num_kv_heads and tp > att.num_kv_heads and tp % att.num_kv_heads:
-            raise UserError(f"--tp {tp} is neither a divisor nor a multiple of {model.name}'s "
-                            f"{att.num_kv_heads} KV heads")
-    if pp > model.num_layers:
-        raise UserError(f"--pp {pp} exceeds {model.name}'s {model.num_layers} layers")

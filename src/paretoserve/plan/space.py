@@ -13,8 +13,8 @@ from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.dtypes import normalize_dtype
 from paretoserve.catalog.model import ModelSpec
 from paretoserve.errors import UserError
+from paretoserve.perf.layout import check_parallelism
 from paretoserve.perf.memory import kv_capacity
-from paretoserve.perf.roofline import check_parallelism
 from paretoserve.sim.cluster import ROUTERS
 from paretoserve.sim.schedulers import POLICIES
 from paretoserve.textfiles import read_yaml

@@ -9,7 +9,9 @@ from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.errors import UserError
 from paretoserve.perf.calibrated import load_step_model
+from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.memory import kv_capacity
+from paretoserve.perf.routing import Routing
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.run_config import SimulateConfig
 
@@ -25,7 +27,8 @@ class Deployment:
         device: the accelerator every replica runs on.
         engine: the engine of each replica (None under disaggregation).
         disagg: the disaggregated pools (None without).
-        replicas: data-parallel replicas (without disaggregation).
+        replicas: engines behind the router (without disaggregation): replicas × attention-DP
+            ranks, each rank simulated as its own engine (own scheduler and KV cache).
         derived: KV capacity per replica, link figures, step-time model — for the record.
     """
 
@@ -46,14 +49,22 @@ def parse_disagg(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def layout_for(cfg: SimulateConfig, tp: int) -> ParallelLayout:
+    """The parallel layout of one engine instance with attention TP `tp` (config's DP, EP, routing)."""
+    return ParallelLayout(tp=tp, pp=cfg.pp, attention_dp=cfg.dp_attention, ep=cfg.ep,
+                          routing=Routing(skew=cfg.moe_skew, redundant_experts=cfg.eplb_redundant))
+
+
 def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) -> EngineConfig:
-    """The engine of one replica on `tp` × `cfg.pp` devices."""
-    step = load_step_model(model, device, tp=tp, pp=cfg.pp, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
-                           profile=cfg.profile)
-    kv = kv_capacity(model, device, tp=tp, pp=cfg.pp, gpu_memory_utilization=cfg.gpu_memory_utilization,
+    """The engine of one attention-DP rank on `tp` × `cfg.pp` devices: its own scheduler and KV
+    cache; its step time prices the MoE layers on the tokens of all `cfg.dp_attention` ranks."""
+    layout = layout_for(cfg, tp)
+    step = load_step_model(model, device, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+                           profile=cfg.profile, layout=layout)
+    kv = kv_capacity(model, device, gpu_memory_utilization=cfg.gpu_memory_utilization,
                      weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
                      max_num_batched_tokens=cfg.max_num_batched_tokens, max_num_seqs=cfg.max_num_seqs,
-                     block_size=cfg.block_size)
+                     block_size=cfg.block_size, layout=layout)
     devices = tp * cfg.pp
     return EngineConfig(
         step_model=step, kv_tokens=cfg.kv_tokens or kv.tokens, block_size=cfg.block_size,
@@ -95,7 +106,9 @@ def build_deployment(cfg: SimulateConfig) -> Deployment:
             raise UserError("--prefill-tp/--decode-tp need --disagg xPyD", field="disagg")
         engine = _engine(cfg, model, device, cfg.tp)
         derived["replica"] = _describe(engine)
-        return Deployment(model, device, engine, None, cfg.replicas, derived)
+        if cfg.dp_attention > 1:
+            derived["attention_dp_ranks_per_replica"] = cfg.dp_attention
+        return Deployment(model, device, engine, None, cfg.replicas * cfg.dp_attention, derived)
     if cfg.replicas != 1:
         raise UserError("--replicas does not combine with --disagg; size the pools with xPyD",
                         field="replicas")

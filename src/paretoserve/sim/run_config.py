@@ -34,6 +34,10 @@ class SimulateConfig(BaseModel):
     hardware: str
     tp: int = Field(1, ge=1)
     pp: int = Field(1, ge=1)
+    dp_attention: int = Field(1, ge=1)
+    ep: int = Field(1, ge=1)
+    moe_skew: float = Field(1.0, ge=1)
+    eplb_redundant: int = Field(0, ge=0)
     replicas: int = Field(1, ge=1)
     router: str = "round_robin"
     disagg: str | None = None

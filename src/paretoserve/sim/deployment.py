@@ -12,6 +12,7 @@ from paretoserve.perf.calibrated import load_step_model
 from paretoserve.perf.memory import kv_capacity
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.run_config import SimulateConfig
+from paretoserve.sim.schedulers import policy_class
 
 _DISAGG = re.compile(r"^\s*(\d+)\s*P\s*(\d+)\s*D\s*$", re.IGNORECASE)
 
@@ -55,7 +56,8 @@ def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) 
                      max_num_batched_tokens=cfg.max_num_batched_tokens, max_num_seqs=cfg.max_num_seqs)
     devices = tp * cfg.pp
     return EngineConfig(
-        step_model=step, kv_tokens=cfg.kv_tokens or kv.tokens, block_size=cfg.block_size,
+        step_model=step, kv_tokens=cfg.kv_tokens or kv.tokens,
+        block_size=cfg.block_size or policy_class(cfg.policy).block_size,
         policy=cfg.policy, max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=cfg.max_num_batched_tokens, prefix_caching=cfg.prefix_caching,
         policy_options=dict(cfg.policy_options), kv_bytes_per_token=kv.bytes_per_token,

@@ -19,6 +19,7 @@ from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
 from paretoserve.cli.app import app
 from paretoserve.errors import UserError
+from paretoserve.perf.memory import runtime_reserve_bytes, weight_bytes
 from paretoserve.perf.roofline import Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape
 from prereq import missing
@@ -33,6 +34,9 @@ FP8 = "2026_04_06_llama_3_1_70b_h100_sxm_vllm_fp8_agg_1024x8192_c4_tp4_ep1_265"
 EP = "2026_03_25_minimax_m2_5_h100_sxm_vllm_fp8_agg_1024x1024_c8_tp4_0_ep4_0_222"
 ADP = "2026_04_06_minimax_m2_5_h100_sxm_vllm_fp8_agg_1024x1024_c32_tp4_ep4_1342"
 DISAGG = "qwen3_32b_qwen3_32b_h100_sxm_vllm_disagg_4000x1000_c_tp_epnone_2"
+SGLANG = "qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_sglang_agg_1024x128_c16_tp2_epnone_1"
+TRTLLM = ("meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_"
+          "1024x128_c8_tp1_epnone_1")
 
 
 def point(row_id: str) -> PointDeployment:
@@ -50,7 +54,7 @@ def _ids_exist():
     if POINTS is None:
         missing("../shared/data/silicon/h100_sxm_silicon.csv not present")
     ROWS.update({row["id"]: (line, row) for line, row in read_points(POINTS)})
-    for row_id in (DENSE, FP8, EP, ADP, DISAGG):
+    for row_id in (DENSE, FP8, EP, ADP, DISAGG, SGLANG, TRTLLM):
         assert row_id in ROWS, row_id
 
 
@@ -103,10 +107,41 @@ def test_disaggregated_xpyd_row():
     assert (got.mode, got.concurrency, got.weight_dtype, got.unsupported) == ("disagg", 448, "fp8", None)
 
 
+def test_sglang_row_runs_sglang_as_the_generator_launched_it():
+    """SGLang 0.5.1.post1, TP2, batch 16, ISL 1024 on an H100 SXM (81,075 MiB): max_running_requests
+    128 (the generator's default batch), chunked_prefill_size 8192 (< 160 GiB GPU), max_prefill_tokens
+    1024 + 1500, mixed chunks (aggregated), ignore_eos with the radix cache off, page size 1;
+    mem_fraction_static (81075 − (9.5 + 2 / 2) × 1024) / 81075 = 0.867 (that release's rule) holds
+    weights + KV, so the simulator's utilization adds its own activation reserve to it."""
+    got = point(SGLANG)
+    model, device = load_model("Qwen3-32B"), load_device("h100_sxm")
+    reserve = runtime_reserve_bytes(model, 2, 8192 + 128, 128) / device.mem_capacity
+    assert (got.policy, got.model, got.weight_dtype, got.concurrency, got.unsupported) == \
+        ("sglang", "Qwen3-32B", "bf16", 16, None)
+    (role,) = got.roles
+    assert role == Role("agg", 1, 2, 1, 1, 1, 1, 16, max_num_seqs=128, max_num_batched_tokens=8192 + 128,
+                        block_size=1, gpu_memory_utilization=pytest.approx(0.867 + reserve),
+                        policy_options=(("chunked_prefill_size", 8192.0), ("max_prefill_tokens", 2524.0),
+                                        ("mixed_chunk", 1.0), ("ignore_eos", 1.0)))
+
+
+def test_trtllm_row_runs_trtllm_as_the_generator_launched_it():
+    """TRT-LLM 1.0.0rc3, Llama-3.1-8B-Instruct (bf16) TP1, batch 8, ISL 1024: max_batch_size 128,
+    max_num_tokens 128 + 1024 + 1500 = 2652 rounded up to 32 = 2656, tokens_per_block 32, no
+    chunked context, KV = 0.80 × (memory − weights − runtime): utilization 0.8 + 0.2 × (weights +
+    runtime) / memory."""
+    got = point(TRTLLM)
+    model, device = load_model("Meta-Llama-3.1-8B"), load_device("h100_sxm")
+    held = (weight_bytes(model, "bf16") + runtime_reserve_bytes(model, 1, 2656, 128)) / device.mem_capacity
+    assert (got.policy, got.model, got.concurrency, got.unsupported) == ("trtllm", "Meta-Llama-3.1-8B", 8, None)
+    assert got.roles == (Role("agg", 1, 1, 1, 1, 1, 1, 8, max_num_seqs=128, max_num_batched_tokens=2656,
+                              block_size=32, gpu_memory_utilization=pytest.approx(0.8 + 0.2 * held),
+                              policy_options=(("chunked_prefill", 0.0),)),)
+    prediction = predict_point(got, rounds=4)
+    assert prediction.ttft_s is not None and prediction.tpot_s is not None
+
+
 def test_unsupported_engines_precisions_and_old_dumps():
-    trt = point(_find(backend="trtllm", model_path="meta-llama/Llama-3.1-8B-Instruct"))
-    assert trt.model == "Meta-Llama-3.1-8B"
-    assert trt.unsupported == "engine TensorRT-LLM: its scheduler is not modelled (only vLLM's)"
     fp4 = point(_find(backend="vllm", model_path="openai/gpt-oss-120b"))
     assert fp4.weight_dtype == "fp4" and fp4.compute_dtype == "bf16"
     assert "the step model computes them in fp8" in fp4.unsupported

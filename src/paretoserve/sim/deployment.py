@@ -67,6 +67,7 @@ def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) 
 
 def _describe(engine: EngineConfig) -> dict[str, object]:
     return {"devices": engine.devices, "kv_tokens": engine.num_blocks * engine.block_size,
+            "block_size": engine.block_size,
             "kv_bytes_per_token": engine.kv_bytes_per_token}
 
 

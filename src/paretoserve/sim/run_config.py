@@ -15,7 +15,8 @@ class SimulateConfig(BaseModel):
     `decode_tp` devices each. Engine: `policy` (+ `policy_options`), `max_num_seqs`,
     `max_num_batched_tokens`, the step-time model (`profile`: a calibrated profile file, else the
     datasheet roofline), KV memory from `gpu_memory_utilization` (or `kv_tokens` per replica
-    to override the memory model), `block_size` (None: the policy's default), `prefix_caching`, `weight_dtype`, `kv_dtype`.
+    to override the memory model), `block_size` (None: the policy's default), `prefix_caching`,
+    `weight_dtype`, `kv_dtype`.
     Workload (see `paretoserve.workload.synthetic.iter_workload`): `trace`, `arrival`, `rate` or
     `rate_scale`, `requests`, `duration_s`, `prompt`, `output`, `seed`; `concurrency` caps the
     requests in flight, and alone (no rate, rate scale or arrival process) makes the run a closed

@@ -20,6 +20,7 @@ from paretoserve.catalog.model import load_model
 from paretoserve.cli.app import app
 from paretoserve.errors import UserError
 from paretoserve.perf.layout import ParallelLayout
+from paretoserve.perf.memory import runtime_reserve_bytes, weight_bytes
 from paretoserve.perf.roofline import Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape
 from prereq import missing
@@ -34,6 +35,9 @@ FP8 = "2026_04_06_llama_3_1_70b_h100_sxm_vllm_fp8_agg_1024x8192_c4_tp4_ep1_265"
 EP = "2026_03_25_minimax_m2_5_h100_sxm_vllm_fp8_agg_1024x1024_c8_tp4_0_ep4_0_222"
 ADP = "2026_04_06_minimax_m2_5_h100_sxm_vllm_fp8_agg_1024x1024_c32_tp4_ep4_1342"
 DISAGG = "qwen3_32b_qwen3_32b_h100_sxm_vllm_disagg_4000x1000_c_tp_epnone_2"
+SGLANG = "qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_sglang_agg_1024x128_c16_tp2_epnone_1"
+TRTLLM = ("meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_"
+          "1024x128_c8_tp1_epnone_1")
 
 
 def point(row_id: str) -> PointDeployment:
@@ -46,12 +50,17 @@ def _find(**values: str) -> str:
     return next(i for i, (_, r) in ROWS.items() if all(r[k] == v for k, v in values.items()))
 
 
+def _old_dump() -> str:
+    """A disaggregated row from an older dump (no worker counts): still not represented."""
+    return _find(mode="disagg", prefill_num_workers="", backend="sglang")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _ids_exist():
     if POINTS is None:
         missing("../shared/data/silicon/h100_sxm_silicon.csv not present")
     ROWS.update({row["id"]: (line, row) for line, row in read_points(POINTS)})
-    for row_id in (DENSE, FP8, EP, ADP, DISAGG):
+    for row_id in (DENSE, FP8, EP, ADP, DISAGG, SGLANG, TRTLLM):
         assert row_id in ROWS, row_id
 
 
@@ -113,10 +122,41 @@ def test_disaggregated_xpyd_row():
     assert (got.mode, got.concurrency, got.weight_dtype, got.unsupported) == ("disagg", 448, "fp8", None)
 
 
+def test_sglang_row_runs_sglang_as_the_generator_launched_it():
+    """SGLang 0.5.1.post1, TP2, batch 16, ISL 1024 on an H100 SXM (81,075 MiB): max_running_requests
+    128 (the generator's default batch), chunked_prefill_size 8192 (< 160 GiB GPU), max_prefill_tokens
+    1024 + 1500, mixed chunks (aggregated), ignore_eos with the radix cache off, page size 1;
+    mem_fraction_static (81075 − (9.5 + 2 / 2) × 1024) / 81075 = 0.867 (that release's rule) holds
+    weights + KV, so the simulator's utilization adds its own activation reserve to it."""
+    got = point(SGLANG)
+    model, device = load_model("Qwen3-32B"), load_device("h100_sxm")
+    reserve = runtime_reserve_bytes(model, 2, 8192 + 128, 128) / device.mem_capacity
+    assert (got.policy, got.model, got.weight_dtype, got.concurrency, got.unsupported) == \
+        ("sglang", "Qwen3-32B", "bf16", 16, None)
+    (role,) = got.roles
+    assert role == Role("agg", 1, 2, 1, 1, 1, 1, 16, max_num_seqs=128, max_num_batched_tokens=8192 + 128,
+                        block_size=1, gpu_memory_utilization=pytest.approx(0.867 + reserve),
+                        policy_options=(("chunked_prefill_size", 8192.0), ("max_prefill_tokens", 2524.0),
+                                        ("mixed_chunk", 1.0), ("ignore_eos", 1.0)))
+
+
+def test_trtllm_row_runs_trtllm_as_the_generator_launched_it():
+    """TRT-LLM 1.0.0rc3, Llama-3.1-8B-Instruct (bf16) TP1, batch 8, ISL 1024: max_batch_size 128,
+    max_num_tokens 128 + 1024 + 1500 = 2652 rounded up to 32 = 2656, tokens_per_block 32, no
+    chunked context, KV = 0.80 × (memory − weights − runtime): utilization 0.8 + 0.2 × (weights +
+    runtime) / memory."""
+    got = point(TRTLLM)
+    model, device = load_model("Meta-Llama-3.1-8B"), load_device("h100_sxm")
+    held = (weight_bytes(model, "bf16") + runtime_reserve_bytes(model, 1, 2656, 128)) / device.mem_capacity
+    assert (got.policy, got.model, got.concurrency, got.unsupported) == ("trtllm", "Meta-Llama-3.1-8B", 8, None)
+    assert got.roles == (Role("agg", 1, 1, 1, 1, 1, 1, 8, max_num_seqs=128, max_num_batched_tokens=2656,
+                              block_size=32, gpu_memory_utilization=pytest.approx(0.8 + 0.2 * held),
+                              policy_options=(("chunked_prefill", 0.0),)),)
+    prediction = predict_point(got, protocol=STEADY)
+    assert prediction.ttft_s is not None and prediction.tpot_s is not None
+
+
 def test_unsupported_engines_precisions_and_old_dumps():
-    trt = point(_find(backend="trtllm", model_path="meta-llama/Llama-3.1-8B-Instruct"))
-    assert trt.model == "Meta-Llama-3.1-8B"
-    assert trt.unsupported == "engine TensorRT-LLM: its scheduler is not modelled (only vLLM's)"
     fp4 = point(_find(backend="vllm", model_path="openai/gpt-oss-120b"))
     # MXFP4 weights on a GPU without fp4 math run weight-only (dequantized to bf16), as the step
     # model now computes them there.
@@ -162,25 +202,26 @@ def test_error_summary_by_hand():
     a, b = point(DENSE), point(FP8)
     preds = [PointPrediction(a, a.measured_ttft_s * 1.2, a.measured_tpot_s * 0.9),
              PointPrediction(b, b.measured_ttft_s * 0.5, b.measured_tpot_s * 1.1),
-             PointPrediction(point(_find(backend="trtllm", model_path="meta-llama/Llama-3.1-8B-Instruct")), None, None)]
+             PointPrediction(point(_old_dump()), None, None)]
     summary = error_summary(preds)
     overall = summary["overall"]
     assert (overall["rows"], overall["predicted"]) == (3, 2)
     assert overall["ttft"]["median_abs"] == pytest.approx(0.35)
     assert overall["ttft"]["mean_signed"] == pytest.approx(-0.15)
     assert overall["tpot"]["median_abs"] == pytest.approx(0.1)
-    assert summary["unsupported"] == {"engine TensorRT-LLM: its scheduler is not modelled (only vLLM's)": 1}
+    assert summary["unsupported"] == {point(_old_dump()).unsupported: 1}
+    assert "without prefill/decode worker counts" in str(point(_old_dump()).unsupported)
     assert [g["rows"] for g in summary["groups"]] == [1, 1, 1]
 
 
 def test_validate_points_cli_writes_predictions_and_summary(tmp_path):
     source = tmp_path / "in" / "points.csv"
     source.parent.mkdir()
-    trt = _find(backend="trtllm", model_path="meta-llama/Llama-3.1-8B-Instruct")
+    old = _old_dump()
     with open(POINTS, newline="") as handle:
         reader = csv.DictReader(handle)
         fields = reader.fieldnames
-        chosen = [r for r in reader if r["id"] in (DENSE, FP8, trt, DISAGG)]
+        chosen = [r for r in reader if r["id"] in (DENSE, FP8, old, DISAGG)]
     with open(source, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -192,8 +233,8 @@ def test_validate_points_cli_writes_predictions_and_summary(tmp_path):
     assert summary["overall"]["rows"] == 4 and summary["overall"]["predicted"] == 3 and summary["estimated"]
     with open(out / "predictions.csv", newline="") as handle:
         lines = {r["id"]: r for r in csv.DictReader(handle)}
-    assert set(lines) == {DENSE, FP8, trt, DISAGG}
-    assert lines[trt]["predicted_ttft_ms"] == "" and "TensorRT-LLM" in lines[trt]["unsupported_reason"]
+    assert set(lines) == {DENSE, FP8, old, DISAGG}
+    assert lines[old]["predicted_ttft_ms"] == "" and "older dump" in lines[old]["unsupported_reason"]
     assert float(lines[DENSE]["predicted_ttft_ms"]) > 0 and lines[DENSE]["unsupported_reason"] == ""
     assert "Predicted vs measured" in (out / "report.html").read_text()
     dom, errors = render_in_chromium(out / "report.html", tmp_path / "chromium-profile")

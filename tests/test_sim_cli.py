@@ -56,9 +56,22 @@ def test_same_seed_and_inputs_give_byte_identical_records(tmp_path):
 def test_unknown_policy_lists_the_known_ones_and_writes_nothing(tmp_path):
     result = invoke("--trace", "azure-conv", "--policy", "fifo", "--out", str(tmp_path / "run"))
     assert result.exit_code == 2
-    known = "vllm, orca, sarathi, priority, slo, lengthaware"
+    known = "vllm, orca, sarathi, priority, slo, lengthaware, sglang, trtllm"
     assert f"unknown policy 'fifo'; known policies: {known}" in result.output
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("policy,block_size", [("sglang", 1), ("trtllm", 32), ("vllm", 16)])
+def test_engine_policy_choice_sets_its_block_size(tmp_path, policy, block_size):
+    """--policy picks the engine's scheduler; without --block-size the KV block is the engine's page
+    (SGLang 1 token, TensorRT-LLM 32, vLLM 16), recorded in config.yaml."""
+    out = tmp_path / "run"
+    result = invoke("--trace", "azure-conv", "--requests", "100", "--policy", policy, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["simulate"]["policy"] == policy
+    assert config["derived"]["replica"]["block_size"] == block_size
+    assert json.loads((out / "summary.json").read_text())["completed"] == 100
 
 
 @pytest.mark.parametrize("body,expected", [

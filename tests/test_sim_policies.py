@@ -17,7 +17,8 @@ def run(requests, policy, **kwargs):
 
 
 def test_unknown_policy_and_option_name_the_known_ones():
-    with pytest.raises(UserError, match="known policies: vllm, orca, sarathi, priority, slo, lengthaware"):
+    known = "vllm, orca, sarathi, priority, slo, lengthaware, sglang, trtllm"
+    with pytest.raises(UserError, match=f"known policies: {known}"):
         run([Request("a", 0.0, 10, 2)], "fifo")
     with pytest.raises(UserError, match="no option chunk"):
         run([Request("a", 0.0, 10, 2)], "vllm", policy_options={"chunk": 3})

@@ -98,9 +98,11 @@ def _engine(point: PointDeployment, role: Role, profile: str | None) -> EngineCo
     assert point.model is not None and point.hardware is not None and point.policy is not None
     layout = role.layout(load_model(point.model).is_moe)
     config = SimulateConfig(model=point.model, hardware=point.hardware, tp=role.tp, pp=role.pp,
-                            dp_attention=layout.attention_dp, ep=layout.ep, policy=point.policy,
-                            max_num_seqs=role.max_num_seqs,
-                            max_num_batched_tokens=role.max_num_batched_tokens, prefix_caching=False,
+                            dp_attention=layout.attention_dp, ep=layout.ep,
+                            policy=point.policy, policy_options=dict(role.policy_options),
+                            max_num_seqs=role.max_num_seqs, max_num_batched_tokens=role.max_num_batched_tokens,
+                            block_size=role.block_size, gpu_memory_utilization=role.gpu_memory_utilization,
+                            prefix_caching=False,
                             weight_dtype=point.weight_dtype, kv_dtype=point.kv_dtype, profile=profile)
     deployment = build_deployment(config)
     assert deployment.engine is not None

@@ -21,6 +21,16 @@ Rules (the AIC benchmark generator's, engine_facts.md §1):
 - layout (`Role.layout`, engine-independent): attention TP `tp_size` × attention-DP
   `attention_dp_size` GPUs per stage, experts split as `moe_tp_size` × `moe_ep_size` (blank or 0:
   sharded like attention over tp × DP); caps and batch size are per attention-DP rank.
+- SGLang (`sglang` policy): max_running_requests = the generator's max batch size (128, or the
+  row's batch when larger; 1 for prefill workers); chunked_prefill_size by GPU memory (8192 on
+  H100); max_prefill_tokens = ISL + 1500 (aggregated, prefill), the max batch size (decode); mixed
+  chunks on for aggregated workers; requests sent with ignore_eos and the radix cache off (so the
+  run-to-completion KV check); page size 1; mem_fraction_static by SGLang's rule for the row's
+  version, turned into the simulator's gpu_memory_utilization by adding its activation reserve;
+- TensorRT-LLM (`trtllm` policy): max_batch_size as SGLang's; max_num_tokens = max_batch_size + ISL
+  + 1500 (aggregated), ISL + 1500 (prefill), max_batch_size (decode), rounded up to 32; tokens per
+  block 32; no chunked context; KV = 0.80 of the memory left after weights and activations
+  (`free_gpu_memory_fraction`), turned into the equivalent gpu_memory_utilization.
 """
 
 from __future__ import annotations
@@ -34,17 +44,24 @@ from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.errors import UserError
 from paretoserve.perf.layout import ParallelLayout
+from paretoserve.perf.memory import runtime_reserve_bytes, weight_bytes
 from paretoserve.perf.roofline import gemm_compute_dtype
+from paretoserve.sim.schedulers.sglang import chunked_prefill_size, mem_fraction_static
 
 #: Columns a points file must have (the rest of AIC's schema is optional).
 REQUIRED = ("id", "backend", "model_path", "system", "mode", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms")
 #: Engines whose scheduler the simulator models, by the table's backend name → policy.
-POLICIES = {"vllm": "vllm"}
+POLICIES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "trtllm"}
 _ENGINE_NAMES = {"sglang": "SGLang", "trtllm": "TensorRT-LLM"}
 _QUANT = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp8": "fp8", "fp8_block": "fp8",
           "fp8_static": "fp8", "int8_wo": "int8", "int4_wo": "int4", "sq": "int8", "nvfp4": "fp4",
           "nvfp4_wo": "fp4", "w4a16_mxfp4": "fp4", "mxfp4": "fp4", "w4afp8": "int4"}
 _CONCURRENCY_IN_ID = re.compile(r"_c(\d+)(?:_|$)")
+#: AIC generator: the max batch size of SGLang / TRT-LLM aggregated and decode workers.
+GENERATOR_MAX_BATCH = 128
+#: AIC generator: TRT-LLM `tokens_per_block` and `free_gpu_memory_fraction`.
+TRT_TOKENS_PER_BLOCK = 32
+TRT_FREE_GPU_MEMORY_FRACTION = 0.80
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,10 @@ class Role:
         moe_tp: MoE tensor-parallel ways; moe_ep: expert-parallel ways (1, 1 for dense models).
         batch_size: concurrency per instance and attention-DP rank.
         max_num_seqs: engine cap on running sequences; max_num_batched_tokens: tokens per step.
+        block_size: tokens per KV block (page).
+        gpu_memory_utilization: share of device memory for weights, runtime reserve and KV, as
+            `paretoserve.perf.memory.kv_capacity` reads it.
+        policy_options: (name, value) settings of the engine's scheduling policy.
     """
 
     name: str
@@ -71,6 +92,9 @@ class Role:
     batch_size: int
     max_num_seqs: int
     max_num_batched_tokens: int
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    policy_options: tuple[tuple[str, float], ...] = ()
 
     def layout(self, moe: bool = True) -> ParallelLayout:
         """The engine-independent parallel layout of one instance (UserError if inconsistent).
@@ -210,15 +234,60 @@ def _caps(name: str, batch: int, isl: int) -> tuple[int, int]:
     return seqs, seqs + (isl + 1500 if name == "agg" else 0)
 
 
-def _role(row: dict[str, str], name: str, where: str, line: int, isl: int) -> Role:
+def _generator_tokens(name: str, max_batch: int, isl: int) -> int:
+    """The generator's max_num_tokens: ISL + 1500 (prefill), max batch (decode), both (aggregated)."""
+    return {"prefill": isl + 1500, "decode": max_batch}.get(name, max_batch + isl + 1500)
+
+
+def _engine_settings(backend: str, name: str, batch: int, isl: int, tp: int, pp: int, version: str,
+                     model: ModelSpec | None, device: DeviceSpec | None,
+                     weight_dtype: str) -> dict[str, object]:
+    """Role fields from max_num_seqs on, for the engine the row ran (module docstring)."""
+    if backend == "vllm":
+        seqs, tokens = _caps(name, batch, isl)
+        return {"max_num_seqs": seqs, "max_num_batched_tokens": tokens}
+    seqs = 1 if name == "prefill" else max(GENERATOR_MAX_BATCH, batch)
+    memory = device.mem_capacity if device else 0.0
+    if backend == "sglang":
+        chunk = chunked_prefill_size(memory) if device else 8192
+        tokens = chunk + seqs  # decodes are not capped by a token budget; prefill by the options
+        static = mem_fraction_static(memory, tp, pp, version) if device else 0.88
+        fraction = static + _reserve_share(model, device, tp, tokens, seqs)
+        options = (("chunked_prefill_size", float(chunk)),
+                   ("max_prefill_tokens", float(seqs if name == "decode" else isl + 1500)),
+                   ("mixed_chunk", 1.0 if name == "agg" else 0.0), ("ignore_eos", 1.0))
+        return {"max_num_seqs": seqs, "max_num_batched_tokens": tokens, "block_size": 1,
+                "gpu_memory_utilization": min(1.0, fraction), "policy_options": options}
+    block = TRT_TOKENS_PER_BLOCK
+    tokens = -(-_generator_tokens(name, seqs, isl) // block) * block
+    held = _reserve_share(model, device, tp, tokens, seqs)
+    if model is not None and device is not None:
+        held += weight_bytes(model, weight_dtype) / (tp * pp) / device.mem_capacity
+    fraction = TRT_FREE_GPU_MEMORY_FRACTION + (1.0 - TRT_FREE_GPU_MEMORY_FRACTION) * held
+    return {"max_num_seqs": seqs, "max_num_batched_tokens": tokens, "block_size": block,
+            "gpu_memory_utilization": min(1.0, fraction), "policy_options": (("chunked_prefill", 0.0),)}
+
+
+def _reserve_share(model: ModelSpec | None, device: DeviceSpec | None, tp: int, tokens: int,
+                   seqs: int) -> float:
+    """The simulator's runtime reserve as a share of device memory (0 without model or device)."""
+    if model is None or device is None:
+        return 0.0
+    return runtime_reserve_bytes(model, tp, tokens, seqs) / device.mem_capacity
+
+
+def _role(row: dict[str, str], name: str, where: str, line: int, isl: int, backend: str,
+          model: ModelSpec | None, device: DeviceSpec | None, weight_dtype: str) -> Role:
     prefix = "" if name == "agg" else f"{name}_"
     get = lambda column, default=None: _int(row, prefix + column, where, line, default)  # noqa: E731
     tp = max(1, get("tp_size", 1))
+    pp = max(1, get("pp_size", 1))
     adp = max(1, get("attention_dp_size", 1))
     batch = get("batch_size", 1 if name == "prefill" else None)
-    seqs, tokens = _caps(name, batch, isl)
-    return Role(name, 1 if name == "agg" else get("num_workers"), tp, max(1, get("pp_size", 1)), adp,
-                get("moe_tp_size", 0), get("moe_ep_size", 0), batch, seqs, tokens)
+    settings = _engine_settings(backend, name, batch, isl, tp, pp, (row.get("backend_version") or "").strip(),
+                                model, device, weight_dtype)
+    return Role(name, 1 if name == "agg" else get("num_workers"), tp, pp, adp,
+                get("moe_tp_size", 0), get("moe_ep_size", 0), batch, **settings)  # type: ignore[arg-type]
 
 
 def _dtype(row: dict[str, str], model: ModelSpec | None) -> tuple[str | None, str | None]:
@@ -269,21 +338,22 @@ def map_row(row: dict[str, str], line: int, where: str = "") -> PointDeployment:
     policy = POLICIES.get(backend)
     if policy is None:
         problems.append(f"engine {_ENGINE_NAMES.get(backend, backend)}: its scheduler is not modelled "
-                        f"(only vLLM's)")
+                        f"(only vLLM's, SGLang's and TensorRT-LLM's)")
     weight, dtype_problem = _dtype(row, model)
     if dtype_problem:
         problems.append(dtype_problem)
     weight = weight or "bf16"
     compute = gemm_compute_dtype(weight, device) if device is not None else "bf16"
     if mode == "agg":
-        roles: tuple[Role, ...] = (_role(row, "agg", where, line, isl),)
+        roles: tuple[Role, ...] = (_role(row, "agg", where, line, isl, backend, model, device, weight),)
         concurrency = roles[0].batch_size * roles[0].attention_dp
     elif not (row.get("prefill_num_workers") or "").strip() or not (row.get("decode_num_workers") or "").strip():
         roles = ()
         concurrency = 0
         problems.append("disaggregated row without prefill/decode worker counts (an older dump)")
     else:
-        roles = (_role(row, "prefill", where, line, isl), _role(row, "decode", where, line, isl))
+        roles = tuple(_role(row, name, where, line, isl, backend, model, device, weight)
+                      for name in ("prefill", "decode"))
         concurrency = roles[1].batch_size * roles[1].workers * roles[1].attention_dp
     stated = _CONCURRENCY_IN_ID.search(row["id"])
     if stated and roles and int(stated[1]) != concurrency:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 #: The names of `sim.schedulers.POLICIES`, for the help text (importing the simulator would
 #: slow every command's start-up; tests/test_cli_vocabulary.py checks the two agree).
-POLICY_NAMES = ("vllm", "orca", "sarathi", "priority", "slo", "lengthaware")
+POLICY_NAMES = ("vllm", "orca", "sarathi", "priority", "slo", "lengthaware", "sglang", "trtllm")
 
 
 def _policy_options(items: list[str]) -> dict[str, float]:
@@ -84,7 +84,9 @@ def simulate_cmd(
     gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
     kv_tokens: int | None = typer.Option(None, "--kv-tokens", min=1,
                                          help="KV tokens per replica (overrides the memory model)."),
-    block_size: int = typer.Option(16, "--block-size", min=1),
+    block_size: int | None = typer.Option(None, "--block-size", min=1,
+                                          help="Tokens per KV block (default: the policy's; vllm 16, "
+                                               "sglang 1, trtllm 32)."),
     no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching"),
     weight_dtype: str | None = typer.Option(None, "--weight-dtype", help="bf16, fp8, int8, int4, fp4."),
     kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="bf16, fp8, int8."),

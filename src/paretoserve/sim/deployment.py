@@ -14,6 +14,7 @@ from paretoserve.perf.memory import kv_capacity
 from paretoserve.perf.routing import Routing
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.run_config import SimulateConfig
+from paretoserve.sim.schedulers import policy_class
 
 _DISAGG = re.compile(r"^\s*(\d+)\s*P\s*(\d+)\s*D\s*$", re.IGNORECASE)
 
@@ -59,16 +60,17 @@ def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) 
     """The engine of one attention-DP rank on `tp` × `cfg.pp` devices: its own scheduler and KV
     cache; its step time prices the MoE layers on the tokens of all `cfg.dp_attention` ranks."""
     layout = layout_for(cfg, tp)
+    block_size = cfg.block_size or policy_class(cfg.policy).block_size
     step = load_step_model(model, device, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
                            profile=cfg.profile, layout=layout)
     kv = kv_capacity(model, device, gpu_memory_utilization=cfg.gpu_memory_utilization,
                      weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
                      max_num_batched_tokens=cfg.max_num_batched_tokens, max_num_seqs=cfg.max_num_seqs,
-                     block_size=cfg.block_size, layout=layout)
+                     block_size=block_size, layout=layout)
     devices = tp * cfg.pp
     return EngineConfig(
-        step_model=step, kv_tokens=cfg.kv_tokens or kv.tokens, block_size=cfg.block_size,
-        policy=cfg.policy, max_num_seqs=cfg.max_num_seqs,
+        step_model=step, kv_tokens=cfg.kv_tokens or kv.tokens,
+        block_size=block_size, policy=cfg.policy, max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=cfg.max_num_batched_tokens, prefix_caching=cfg.prefix_caching,
         policy_options=dict(cfg.policy_options), kv_bytes_per_token=kv.bytes_per_token,
         swap_bandwidth=device.pcie_bandwidth * devices, max_model_len=model.max_position_embeddings,
@@ -77,6 +79,7 @@ def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) 
 
 def _describe(engine: EngineConfig) -> dict[str, object]:
     return {"devices": engine.devices, "kv_tokens": engine.num_blocks * engine.block_size,
+            "block_size": engine.block_size,
             "kv_bytes_per_token": engine.kv_bytes_per_token}
 
 

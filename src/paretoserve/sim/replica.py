@@ -7,6 +7,8 @@ Each iteration (`start` … `finish`):
 2. requests part-way through their prompt continue with the remaining token budget;
 3. unless something was preempted, the policy admits waiting requests (chunked prefill, prefix-cache
    hits skip the cached blocks);
+   a `prefill_first` policy (SGLang without mixed chunks) first tries steps 2–3 alone: when they
+   schedule any prefill the iteration is prefill-only and the decode set waits (it gains no token);
 4. the duration comes only from the `StepTimeModel`; at the end, finished prefills sample a token,
    requests that reached their output length complete and free their blocks.
 
@@ -22,7 +24,9 @@ against). The fast path assumes an iteration never gets shorter as contexts grow
 ITL: every iteration adds one gap per decoding sequence equal to its duration (a fast-forwarded run
 of k iterations adds its mean iteration time k times per sequence; iterations of one run differ
 only by the growth of the contexts); a sequence that resumes after preemption or a KV transfer adds
-its own gap since its previous token.
+its own gap since its previous token. Prefill-only iterations add their time to the next gap of the
+sequences that were decoding before them (a sequence whose first token came from one of them is
+given the plain iteration gap: an approximation).
 
 Units: seconds, tokens, blocks.
 """
@@ -62,7 +66,7 @@ class Replica:
         "on_done", "on_itl", "on_handoff", "on_iteration",
         "running", "prefilling", "G", "n_dec", "key_sum", "hist", "done_heap",
         "now", "end", "k", "n_step", "cs_step", "horizon", "swap_s", "preempted_now", "all_slots",
-        "unsteady",
+        "unsteady", "pf_only", "stall_s", "stall_n",
         "pf_seqs", "pf_tokens", "joiners", "outstanding", "version",
         "busy_s", "iterations", "steps", "preemptions",
     )
@@ -110,6 +114,9 @@ class Replica:
         self.preempted_now = False
         self.all_slots = -1
         self.unsteady = False
+        self.pf_only = False                      # the step in flight prefills alone (decodes wait)
+        self.stall_s = 0.0                        # prefill-only seconds since the decode set last advanced
+        self.stall_n = 0                          # decode-set members when that stall began
         self.pf_seqs: list[Sequence] = []
         self.pf_tokens: list[int] = []
         self.joiners: list[Sequence] = []
@@ -140,22 +147,24 @@ class Replica:
         kv = self.kv
         sched = self.scheduler
         budget = self.max_tokens
-        n = self.n_dec
-        if n:
-            need = self.hist[-self.G % self.bs]
-            if need <= kv.free:
-                if need:
-                    kv.take(need)
-                self.all_slots = self.G
-            else:
-                self._allocate_slots_one_by_one()
-            budget -= self.n_dec
-        budget = sched.prefill_budget(budget)
-        if self.prefilling and budget > 0:
-            budget = self._continue_prefills(budget)
-        if not self.preempted_now and budget > 0 and len(sched):
-            sched.admit(self, budget)
-        n = self.n_dec
+        self.pf_only = False
+        if sched.prefill_first and (self.prefilling or len(sched)):
+            self.pf_only = True  # admission sees a prefill-only iteration being built
+            self._prefill(budget)
+            self.pf_only = bool(self.pf_seqs)
+        if not self.pf_only:
+            n = self.n_dec
+            if n:
+                need = self.hist[-self.G % self.bs]
+                if need <= kv.free:
+                    if need:
+                        kv.take(need)
+                    self.all_slots = self.G
+                else:
+                    self._allocate_slots_one_by_one()
+                budget -= self.n_dec
+            self._prefill(budget)
+        n = 0 if self.pf_only else self.n_dec
         if not n and not self.pf_seqs:
             self.end = INF
             self.k = 0
@@ -192,20 +201,30 @@ class Replica:
             need = self._blocks_needed(self.G + 1, k - 1)
             if need:
                 self.kv.take(need)
-        G = self.G = self.G + k
         duration = t - self.now
+        G = self.G = self.G + (0 if self.pf_only else k)
         self.busy_s += duration
         self.iterations += k
         self.steps += 1
         joiners = self.joiners
-        if n:
+        if self.pf_only:
+            if self.n_dec:
+                self.stall_n = self.stall_n or self.n_dec
+                self.stall_s += duration
+        elif n:
             regular = n - len(joiners)
-            if regular:
-                self.on_itl(duration / k, regular * k)
+            stalled = min(self.stall_n, regular)
+            if stalled:
+                self.on_itl(duration / k + self.stall_s, stalled)
+            if regular * k > stalled:
+                self.on_itl(duration / k, regular * k - stalled)
             if joiners:
                 for seq in joiners:
                     self.on_itl(t - seq.last_token_s, 1)
                 joiners.clear()
+        if not self.pf_only:
+            self.stall_s = 0.0
+            self.stall_n = 0
         if self.on_iteration is not None:
             self._report(t, n)
         pf_seqs = self.pf_seqs
@@ -255,10 +274,8 @@ class Replica:
         bs = self.bs
         num_tokens = seq.prompt + seq.generated
         computed = seq.computed
-        keys: list[object] | None = None
-        base = evictable_hits = 0  # blocks hit in the prefix cache, and how many of them are free
-        if computed == 0 and kv.prefix_caching and (seq.hashable or seq.preemptions):
-            keys, base, evictable_hits = kv.match(seq, (num_tokens - 1) // bs)
+        keys, base, evictable_hits = self._cache_lookup(seq)
+        if base:
             computed = base * bs
         remaining = num_tokens - computed
         if self.whole_prompts:
@@ -305,6 +322,19 @@ class Replica:
             self.pf_seqs.append(seq)
             self.pf_tokens.append(tokens)
         return tokens
+
+    def uncached_tokens(self, seq: Sequence) -> int:
+        """Tokens waiting `seq` would compute if admitted now (its prefix-cache hit left out)."""
+        base = self._cache_lookup(seq)[1]
+        return seq.prompt + seq.generated - (base * self.bs if base else seq.computed)
+
+    def _cache_lookup(self, seq: Sequence) -> tuple[list[object] | None, int, int]:
+        """(entry keys, blocks hit, of them evictable now) of waiting `seq` in the prefix cache;
+        (None, 0, 0) when it does not look (it has KV already, or nothing hashable)."""
+        kv = self.kv
+        if seq.computed == 0 and kv.prefix_caching and (seq.hashable or seq.preemptions):
+            return kv.match(seq, (seq.prompt + seq.generated - 1) // self.bs)
+        return None, 0, 0
 
     def preempt(self, seq: Sequence) -> int:
         """Preempt running `seq` (swap out or recompute, per the policy) and requeue it.
@@ -354,6 +384,15 @@ class Replica:
         return freed
 
     # ------------------------------------------------------------------ internals
+    def _prefill(self, budget: int) -> None:
+        """Steps 2–3 with `budget` tokens left: continue partial prefills, then admit."""
+        sched = self.scheduler
+        budget = sched.prefill_budget(budget)
+        if self.prefilling and budget > 0:
+            budget = self._continue_prefills(budget)
+        if not self.preempted_now and budget > 0 and len(sched):
+            sched.admit(self, budget)
+
     def _allocate_slots_one_by_one(self) -> None:
         """Not enough blocks for every decode: allocate in admission order, preempting victims."""
         G, bs, kv, sched = self.G, self.bs, self.kv, self.scheduler

@@ -17,7 +17,8 @@ class SimulateConfig(BaseModel):
     `decode_tp` devices each. Engine: `policy` (+ `policy_options`), `max_num_seqs`,
     `max_num_batched_tokens`, the step-time model (`profile`: a calibrated profile file, else the
     datasheet roofline), KV memory from `gpu_memory_utilization` (or `kv_tokens` per replica
-    to override the memory model), `block_size`, `prefix_caching`, `weight_dtype`, `kv_dtype`.
+    to override the memory model), `block_size` (None: the policy's default), `prefix_caching`,
+    `weight_dtype`, `kv_dtype`.
     Workload (see `paretoserve.workload.synthetic.iter_workload`): `trace`, `arrival`, `rate` or
     `rate_scale`, `requests`, `duration_s`, `prompt`, `output`, `seed`; `concurrency` caps the
     requests in flight, and alone (no rate, rate scale or arrival process) makes the run a closed
@@ -61,7 +62,7 @@ class SimulateConfig(BaseModel):
     max_num_batched_tokens: int = Field(8192, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     kv_tokens: int | None = Field(None, ge=1)
-    block_size: int = Field(16, ge=1)
+    block_size: int | None = Field(None, ge=1)
     prefix_caching: bool = True
     weight_dtype: str | None = None
     kv_dtype: str | None = None

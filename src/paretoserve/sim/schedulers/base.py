@@ -28,12 +28,17 @@ class Scheduler:
         options: accepted `policy_options` keys with their defaults.
         whole_prompts: a prompt is prefilled in one iteration (no chunking).
         swap: preempted requests are swapped to host memory instead of recomputed.
+        prefill_first: an iteration that can prefill runs prefill chunks alone, pausing the decodes
+            (SGLang without mixed chunks); otherwise decodes and prefill chunks share iterations.
+        block_size: the engine's default tokens per KV block (page) under this policy.
     """
 
     name: ClassVar[str] = ""
     options: ClassVar[Mapping[str, float]] = {}
-    whole_prompts: ClassVar[bool] = False
+    whole_prompts: bool = False
     swap: ClassVar[bool] = False
+    prefill_first: bool = False
+    block_size: ClassVar[int] = 16
 
     def __init__(self, config: EngineConfig) -> None:
         unknown = sorted(set(config.policy_options) - set(self.options))

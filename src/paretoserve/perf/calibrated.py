@@ -116,6 +116,7 @@ class Calibrated(StepTimeModel):
         self.compute_dtype = gemm_compute_dtype(self.weight_dtype)
         self.gemm_group = gemm_dtype or ("fp8" if self.compute_dtype == "fp8" else "bfloat16")
         self.window = self.roof.window
+        self.stage_share = self.roof.stage_share
         self._gemms, self._attn, self._allreduce = self._table_ops()
         replaced = set()
         if "gemm" in self.kernels:
@@ -328,6 +329,10 @@ class Calibrated(StepTimeModel):
         return count * float(fit.seconds(self.device, {"message_size": size}, {"num_gpus": self.tp})[0])
 
     # ------------------------------------------------------------------ public interface
+    def pp_send_seconds(self, tokens: int) -> float:
+        """One stage-to-stage send (the roofline's "pp.send_recv" operator, not refitted)."""
+        return self.roof.pp_send_seconds(tokens)
+
     def seconds(self, shape: StepShape) -> float:
         agg = self.roof.aggregates(shape)
         tokens, sampled = int(agg[TOKENS]), int(agg[SAMPLED])

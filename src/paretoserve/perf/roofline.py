@@ -21,6 +21,7 @@ from paretoserve.catalog.dtypes import dtype_bytes, normalize_dtype
 from paretoserve.catalog.model import LayerSpec, ModelSpec
 from paretoserve.errors import UserError
 from paretoserve.perf.base import StepTimeModel
+from paretoserve.perf.pipeline import slowest_stage_share
 from paretoserve.perf.shape import Bound, OpTime, StepShape, StepTime
 
 # Aggregate indices: what each operator's FLOPs and bytes are linear in.
@@ -102,6 +103,7 @@ class Roofline(StepTimeModel):
         self.moe_experts = moe[0].num_experts if moe else 0
         self.moe_top_k = moe[0].top_k if moe else 0
         self.ops = self._build_ops()
+        self.stage_share = slowest_stage_share(model.num_layers, pp)
         self._lines: dict[int, tuple[float, tuple[tuple[float, float, float, float], ...]]] = {}
 
     # ------------------------------------------------------------------ public interface
@@ -156,6 +158,12 @@ class Roofline(StepTimeModel):
             for op in self.ops:
                 total += op.layers * _sum_max_lines(op, start, slope, lo, hi)
         return total
+
+    def pp_send_seconds(self, tokens: int) -> float:
+        """One stage-to-stage send of `tokens` tokens' hidden states (the "pp.send_recv" operator)."""
+        agg = [0.0] * N_AGG
+        agg[TOKENS] = float(tokens)
+        return sum(ops_seconds([op], agg) / op.layers for op in self.ops if op.name == "pp.send_recv")
 
     def _decode_lines(self, n: int) -> tuple[float, tuple[tuple[float, float, float, float], ...]]:
         """For `n` decoding sequences without sliding windows: the fixed seconds of a step and, per

@@ -226,7 +226,7 @@ class Simulation:
         An idle replica starts at once unless more arrivals or events share the instant `t`; then
         a wake-up event starts it after all of them are queued.
         """
-        if replica.end == INF:
+        if replica.idle(t):
             replica.arrive(seq)
             heap = self._heap
             if next_arrival > t and (not heap or heap[0][0] > t):

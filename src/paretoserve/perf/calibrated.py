@@ -371,7 +371,10 @@ class Calibrated(StepTimeModel):
                 ops.append(OpTime(name, sec, flops, nbytes, self._bound(flops, nbytes)))
         for op in self.rest:
             flops = sum(c * agg[i] for i, c in op.flops)
-            nbytes = op.bytes_base + sum(c * agg[i] for i, c in op.bytes)
+            nbytes = sum(c * agg[i] for i, c in op.bytes)
+            if not flops and not nbytes:
+                continue  # the operator does not run in this step (as `ops_seconds`)
+            nbytes += op.bytes_base
             t_c = flops / op.peak if op.peak else 0.0
             t_m = nbytes / op.bandwidth if op.bandwidth else 0.0
             seconds = op.layers * (op.fixed + max(t_c, t_m))

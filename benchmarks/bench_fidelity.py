@@ -15,7 +15,9 @@ what was covered. Errors are relative, (predicted − measured) / measured, in %
    step over the output) against the step-time model; median and p90 |error|. BLOOM-176B rows
    (ALiBi, no config bundled) and power-capped H100 rows are counted out.
 4. Kernel tables, leave-one-out (H100, vLLM 0.19.0): median and p90 APE per kernel kind, as
-   `calibrate --kernels` stores them in the profile (the computation bench_calibration reports).
+   `calibrate --kernels` stores them in the profile (the computation bench_calibration reports);
+   and the MLA module tables (DeepSeek-V3 shapes) against the MLA constants fitted on them
+   (`paretoserve.calibrate.mla_fit`), baseline the datasheet MLA model.
 
 Standalone: `python benchmarks/bench_fidelity.py` (about a minute).
 """
@@ -33,6 +35,7 @@ import numpy as np
 
 from paretoserve.bench.importers import import_vllm
 from paretoserve.calibrate import calibrate_kernels
+from paretoserve.calibrate.mla_fit import fit_mla_tables
 from paretoserve.calibrate.point_replay import error_summary, predict_points
 from paretoserve.calibrate.points import map_row, read_points
 from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
@@ -191,12 +194,23 @@ def loo_rows(fit: dict) -> list[dict]:
     return out
 
 
+def mla_rows() -> list[dict]:
+    out = []
+    folder = DATA / "kernels" / "h100_sxm" / "mla" / "vllm" / KERNEL_VERSIONS["h100_sxm"]
+    for phase, fit in fit_mla_tables(folder, load_device("h100_sxm")).items():
+        note = (f"{fit.rows:,} points; e_gemm {fit.gemm:.2f} (bf16) / {fit.gemm_fp8:.2f} (fp8 block), "
+                f"e_attention {fit.attention:.2f}, e_memory {fit.memory:.2f}, {fit.fixed_s * 1e6:.1f} µs per op")
+        out.append(_pair(f"kernel LOO H100 mla_{phase} median APE", fit.loo_median, fit.datasheet_median, note))
+        out.append(_pair(f"kernel LOO H100 mla_{phase} p90 APE", fit.loo_p90, fit.datasheet_p90))
+    return out
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-fidelity-") as tmp:
         folder = Path(tmp)
         paths, fit = profiles(folder)
         return (point_rows(paths["h100_sxm"]) + vllm_run_rows(folder) + splitwise_rows(folder, paths)
-                + loo_rows(fit))
+                + loo_rows(fit) + mla_rows())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
 from paretoserve.perf.roofline import Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape
-
 from prereq import missing
 
 MLA_TABLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "kernels" / "h100_sxm" / "mla" / "vllm"

@@ -12,7 +12,7 @@ from paretoserve.catalog.model import load_model
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.pipeline import slowest_stage_share, stage_layers
 from paretoserve.perf.roofline import Roofline
-from paretoserve.perf.shape import OpTime, PrefillChunk, StepShape, StepTime
+from paretoserve.perf.shape import OpTime, StepShape, StepTime
 from paretoserve.sim import simulate
 from paretoserve.workload.request import Request
 

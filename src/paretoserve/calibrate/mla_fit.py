@@ -6,13 +6,14 @@ with `num_heads` rank-local heads (128 / TP). Context rows: `batch_size` prompts
 after a prefix of `step` tokens; generation rows: `batch_size` decodes reading `step` KV tokens.
 `latency` is in milliseconds.
 
-Each row is priced with the operators of `paretoserve.perf.mla.mla_ops` (the roofline's MLA
-branch): time = Σ_op fixed + max(FLOPs / (peak × e_kind), bytes / (bandwidth × e_memory)), with
-e_kind = e_gemm for weight GEMMs and e_attention for the attention kernels. Per phase (context,
-generation) five constants (e_gemm for bf16 and for fp8-block weights — block-scaled FP8 GEMMs do
-not reach twice the bf16 rate —, e_attention, e_memory, fixed seconds per operator) are fitted by least squares on log(predicted / measured) (SciPy), efficiencies bounded by 1. Leave-one-out errors come from the
-leverages of the fit's Jacobian (r_i / (1 − h_ii), exact for a linear least-squares fit, first order
-here). The datasheet model is the same formula with the roofline's default `Efficiency`.
+Each row is priced with the operators of `paretoserve.perf.mla.mla_ops` (the roofline's MLA branch):
+time = Σ_op fixed + max(FLOPs / (peak × e_kind), bytes / (bandwidth × e_memory)), with e_kind =
+e_gemm for weight GEMMs and e_attention for the attention kernels. Per phase (context, generation)
+five constants (e_gemm for bf16 and for fp8-block weights — block-scaled FP8 GEMMs do not reach
+twice the bf16 rate —, e_attention, e_memory, fixed seconds per operator) are fitted by least
+squares on log(predicted / measured) (SciPy), efficiencies bounded by 1. Leave-one-out errors come
+from the leverages of the fit's Jacobian (r_i / (1 − h_ii), exact for a linear least-squares fit,
+first order here). The datasheet model is the same formula with the roofline's default `Efficiency`.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class MlaTerms:
 
     Attributes:
         compute_gemm, compute_attention, memory: [rows × operators] seconds (FLOPs / peak or
-            bytes / bandwidth); an operator is either a GEMM or an attention kernel.
-        is_gemm: [operators] True for the weight GEMMs.
+            bytes / bandwidth); an operator is either a GEMM or an attention kernel, so one of its
+            two compute columns is zero.
         runs: [rows × operators] True where the operator does work in that row.
         fp8: [rows] True where the weights (GEMMs) are FP8.
         measured_s: [rows] measured seconds.
@@ -57,7 +58,6 @@ class MlaTerms:
     compute_gemm: np.ndarray
     compute_attention: np.ndarray
     memory: np.ndarray
-    is_gemm: np.ndarray
     runs: np.ndarray
     fp8: np.ndarray
     measured_s: np.ndarray
@@ -94,7 +94,6 @@ def read_mla_terms(path: str | Path, device: DeviceSpec, phase: str) -> MlaTerms
     missing = [c for c in need if c not in cols]
     if missing:
         raise UserError(f"MLA table lacks column(s) {', '.join(missing)}", file=str(path))
-    heads = np.asarray(cols["num_heads"], dtype=float)
     batch = np.asarray(cols["batch_size"], dtype=float)
     isl = np.asarray(cols["isl"], dtype=float)
     step = np.asarray(cols["step"], dtype=float)
@@ -113,7 +112,6 @@ def read_mla_terms(path: str | Path, device: DeviceSpec, phase: str) -> MlaTerms
                                        act_bytes=2.0)]
     shape = (n, len(names))
     cg, ca, mem, runs = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=bool)
-    is_gemm = np.zeros(len(names), dtype=bool)
     keys = list(zip(cols["num_heads"], cols["kv_cache_dtype"], cols["gemm_type"], strict=True))
     for key in set(keys):
         h, kv, gemm = key
@@ -128,13 +126,12 @@ def read_mla_terms(path: str | Path, device: DeviceSpec, phase: str) -> MlaTerms
             flops = sum(c * agg[a][sel] for a, c in op.flops.items())
             var = sum(c * agg[a][sel] for a, c in op.bytes.items())
             work = (flops > 0) | (var > 0)
-            is_gemm[j] = op.kind == "gemm"
             peak = device.peak_flops(wdt) if op.kind == "gemm" else device.peak_flops("bf16")
             (cg if op.kind == "gemm" else ca)[sel, j] = flops / peak
             mem[sel, j] = np.where(work, var + op.weight_bytes, 0.0) / device.mem_bandwidth
             runs[sel, j] = work
     fp8 = np.array([_GEMM_DTYPE[g] == "fp8" for g in cols["gemm_type"]])
-    return MlaTerms(cg, ca, mem, is_gemm, runs, fp8, measured)
+    return MlaTerms(cg, ca, mem, runs, fp8, measured)
 
 
 def predict_seconds(terms: MlaTerms, gemm: float, gemm_fp8: float, attention: float, memory: float,

@@ -18,7 +18,9 @@ what was covered. Errors are relative, (predicted − measured) / measured, in %
    step over the output) against the step-time model; median and p90 |error|. BLOOM-176B rows
    (ALiBi, no config bundled) and power-capped H100 rows are counted out.
 4. Kernel tables, leave-one-out (H100, vLLM 0.19.0): median and p90 APE per kernel kind, as
-   `calibrate --kernels` stores them in the profile (the computation bench_calibration reports).
+   `calibrate --kernels` stores them in the profile (the computation bench_calibration reports);
+   and the MLA module tables (DeepSeek-V3 shapes) against the MLA constants fitted on them
+   (`paretoserve.calibrate.mla_fit`), baseline the datasheet MLA model.
 5. Fused MoE (grouped GEMM, `perf/grouped_gemm.py`), leave-one-shape-out on the H100 vLLM 0.19.0
    moe_perf balanced rows per dtype (baseline: the previous roofline formula, 3 µs + max(FLOPs /
    70% peak, bytes / 80% bandwidth)); EP all-to-all (`perf/alltoall.py`), leave-one-out on the
@@ -46,6 +48,7 @@ from paretoserve.calibrate.a2a_fit import read_phase_rows
 from paretoserve.calibrate.moe_fit import features as moe_features
 from paretoserve.calibrate.moe_fit import leave_one_shape_out, read_moe_table
 from paretoserve.calibrate.moe_fit import predict as moe_predict
+from paretoserve.calibrate.mla_fit import fit_mla_tables
 from paretoserve.calibrate.point_replay import error_summary, predict_points
 from paretoserve.calibrate.points import map_row, read_points
 from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
@@ -234,12 +237,24 @@ def moe_loo_rows() -> list[dict]:
     return out
 
 
+def mla_rows() -> list[dict]:
+    """Section 4 of the module docstring: the MLA module tables."""
+    out = []
+    folder = DATA / "kernels" / "h100_sxm" / "mla" / "vllm" / KERNEL_VERSIONS["h100_sxm"]
+    for phase, fit in fit_mla_tables(folder, load_device("h100_sxm")).items():
+        note = (f"{fit.rows:,} points; e_gemm {fit.gemm:.2f} (bf16) / {fit.gemm_fp8:.2f} (fp8 block), "
+                f"e_attention {fit.attention:.2f}, e_memory {fit.memory:.2f}, {fit.fixed_s * 1e6:.1f} µs per op")
+        out.append(_pair(f"kernel LOO H100 mla_{phase} median APE", fit.loo_median, fit.datasheet_median, note))
+        out.append(_pair(f"kernel LOO H100 mla_{phase} p90 APE", fit.loo_p90, fit.datasheet_p90))
+    return out
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-fidelity-") as tmp:
         folder = Path(tmp)
         paths, fit = profiles(folder)
         return (point_rows(paths["h100_sxm"]) + vllm_run_rows(folder) + splitwise_rows(folder, paths)
-                + loo_rows(fit) + moe_loo_rows())
+                + loo_rows(fit) + mla_rows() + moe_loo_rows())
 
 
 if __name__ == "__main__":

@@ -250,8 +250,8 @@ def test_estimate_and_simulate_tables_keep_identifiers_whole_at_80_columns(narro
     estimate = runner.invoke(app, ["estimate", "-m", "DeepSeek-V3", "-H", "h200_sxm", "--tp", "8",
                                    "--batch", "64", "--prompt", "8192"])
     assert estimate.exit_code == 0, estimate.output
-    assert not _whole_on_a_line(estimate.output, ["attn.mla_proj", "tp.allreduce", "norm+residual",
-                                                  "moe.experts", "compute", "memory"])
+    assert not _whole_on_a_line(estimate.output, ["attn.mla_qkv_a", "attn.mla_kv_up", "tp.allreduce",
+                                                  "norm+residual", "moe.experts", "compute", "memory"])
     simulate = runner.invoke(app, ["simulate", "-m", "Qwen3-0.6B", "-H", "l4", "--arrival", "poisson",
                                    "--rate", "2", "-n", "30", "--prompt", "200", "--output", "20",
                                    "--out", str(tmp_path / "s")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from paretoserve.perf.pipeline import stage_seconds
 from paretoserve.perf.shape import StepShape, StepTime
 
 
@@ -43,3 +44,26 @@ class StepTimeModel(ABC):
         closed form (the roofline) override it. Must equal the step-by-step sum to rounding.
         """
         return sum(self.decode_seconds(n, context_sum + i * n) for i in range(k))
+
+    #: Pipeline stages of the replica, and the slowest stage's share of the decoder layers.
+    pp: int = 1
+    stage_share: float = 1.0
+
+    def pp_send_seconds(self, tokens: int) -> float:
+        """Seconds of one stage-to-stage activation transfer of `tokens` tokens (0 without PP)."""
+        return 0.0
+
+    def stage_seconds(self, shape: StepShape) -> float:
+        """Seconds the slowest pipeline stage holds a batch of this shape (`seconds` without PP);
+        see `paretoserve.perf.pipeline`."""
+        full = self.seconds(shape)
+        if self.pp == 1:
+            return full
+        return stage_seconds(full, self.pp_send_seconds(shape.num_tokens), self.stage_share, self.pp)
+
+    def decode_stage_seconds(self, n: int, context_sum: int) -> float:
+        """`stage_seconds` of a decode-only batch (as `decode_seconds`)."""
+        full = self.decode_seconds(n, context_sum)
+        if self.pp == 1:
+            return full
+        return stage_seconds(full, self.pp_send_seconds(n), self.stage_share, self.pp)

@@ -123,6 +123,7 @@ class Calibrated(StepTimeModel):
         self._compute = {kind: gemm_compute_dtype(dtypes.of(kind), device) for kind in self.roof.wb}
         self._groups = {kind: (gemm_dtype or "fp8") if c == "fp8" else "bfloat16" for kind, c in self._compute.items()}
         self.window = self.roof.window
+        self.stage_share = self.roof.stage_share
         self._gemms, self._attn, self._allreduce = self._table_ops()
         replaced = set()
         if "gemm" in self.kernels:
@@ -337,6 +338,10 @@ class Calibrated(StepTimeModel):
         return count * float(fit.seconds(self.device, {"message_size": size}, {"num_gpus": self.tp})[0])
 
     # ------------------------------------------------------------------ public interface
+    def pp_send_seconds(self, tokens: int) -> float:
+        """One stage-to-stage send (the roofline's "pp.send_recv" operator, not refitted)."""
+        return self.roof.pp_send_seconds(tokens)
+
     def seconds(self, shape: StepShape) -> float:
         agg = self.roof.aggregates(shape)
         tokens, sampled = int(agg[TOKENS]), int(agg[SAMPLED])
@@ -375,7 +380,10 @@ class Calibrated(StepTimeModel):
                 ops.append(OpTime(name, sec, flops, nbytes, self._bound(flops, nbytes)))
         for op in self.rest:
             flops = sum(c * agg[i] for i, c in op.flops)
-            nbytes = op.bytes_base + sum(c * agg[i] for i, c in op.bytes)
+            nbytes = sum(c * agg[i] for i, c in op.bytes)
+            if not flops and not nbytes:
+                continue  # the operator does not run in this step (as `ops_seconds`)
+            nbytes += op.bytes_base
             t_c = flops / op.peak if op.peak else 0.0
             t_m = nbytes / op.bandwidth if op.bandwidth else 0.0
             seconds = op.layers * (op.fixed + max(t_c, t_m))

@@ -31,6 +31,8 @@ from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.fitted import table_dtype
 from paretoserve.perf.grouped_gemm import constants_for
 from paretoserve.perf.layout import ParallelLayout
+from paretoserve.perf.mla import mla_ops
+from paretoserve.perf.pipeline import slowest_stage_share
 from paretoserve.perf.shape import Bound, OpTime, StepShape, StepTime
 
 # Aggregate indices: what each operator's FLOPs and bytes are linear in.
@@ -51,6 +53,8 @@ MOE_IN = 13        # selections entering each rank's MoE layer (all attention-DP
 A2A_LL = 14        # tokens this attention-DP rank dispatches with low-latency kernels (decode-only steps)
 A2A_NORMAL = 15    # the same with normal kernels (steps with prompt tokens); each GPU sends tokens / tp
 N_AGG = 16
+_MLA_AGG = {"tokens": TOKENS, "pf_tokens": PF_TOKENS, "pf_kv": PF_KV, "pf_pairs": PF_PAIRS,
+            "decodes": DECODES, "dec_kv": DEC_KV}  # perf/mla.py aggregate names
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,7 @@ class Roofline(StepTimeModel):
         self.moe_slots = (self.moe_experts + layout.routing.redundant_experts) / layout.ep
         self._moe_cache: dict[float, tuple[float, float, float]] = {}
         self.ops = self._build_ops()
+        self.stage_share = slowest_stage_share(model.num_layers, pp)
         self._lines: dict[int, tuple[float, tuple[tuple[float, float, float, float], ...]]] = {}
 
     # ------------------------------------------------------------------ public interface
@@ -137,9 +142,10 @@ class Roofline(StepTimeModel):
         total = self.eff.step_overhead_s
         for op in self.ops:
             flops = sum(c * agg[i] for i, c in op.flops)
-            nbytes = op.bytes_base + sum(c * agg[i] for i, c in op.bytes)
+            nbytes = sum(c * agg[i] for i, c in op.bytes)
             if not flops and not nbytes:
                 continue  # the operator does not run in this step
+            nbytes += op.bytes_base
             t_compute = flops / op.peak if op.peak else 0.0
             t_memory = nbytes / op.bandwidth if op.bandwidth else 0.0
             seconds = op.layers * (op.fixed + max(t_compute, t_memory))
@@ -182,6 +188,12 @@ class Roofline(StepTimeModel):
             for op in self.ops:
                 total += op.layers * _sum_max_lines(op, start, slope, lo, hi)
         return total
+
+    def pp_send_seconds(self, tokens: int) -> float:
+        """One stage-to-stage send of `tokens` tokens' hidden states (the "pp.send_recv" operator)."""
+        agg = [0.0] * N_AGG
+        agg[TOKENS] = float(tokens)
+        return sum(ops_seconds([op], agg) / op.layers for op in self.ops if op.name == "pp.send_recv")
 
     def _decode_lines(self, n: int) -> tuple[float, tuple[tuple[float, float, float, float], ...]]:
         """For `n` decoding sequences without sliding windows: the fixed seconds of a step and, per
@@ -339,17 +351,12 @@ class Roofline(StepTimeModel):
                 {dec: kv_bytes, DECODES: io}, "memory")
             gemm("attn.o_proj", count, att.o_in_dim / tp, h, "attention")
         elif att.kind == "mla":
-            params = att.params(h)
-            add("attn.mla_proj", count, self.gemm_peak["attention"], self.mem_bw, lat,
-                {TOKENS: 2.0 * params / tp}, params * wb["attention"] / tp, {TOKENS: 4.0 * h * ab})
-            # Absorbed MLA: each (query, key) pair costs 2 × heads × (latent + rope) + 2 × heads × latent
-            # FLOPs; the latent KV cache is replicated on every TP rank.
-            pair_flops = 2.0 * att.num_heads * (2 * att.kv_lora_rank + att.rope_dim) / tp
-            kv_bytes = att.kv_values_per_token() * kb
-            add("attn.prefill", count, self.attn_peak, self.mem_bw, 0.0, {PF_PAIRS: pair_flops}, 0.0,
-                {PF_KV: kv_bytes, PF_TOKENS: kv_bytes}, "memory")
-            add("attn.decode", count, self.attn_peak, self.mem_bw, lat, {DEC_KV: pair_flops}, 0.0,
-                {DEC_KV: kv_bytes, DECODES: kv_bytes}, "memory")
+            # Decompressed MHA for prefill, absorbed MQA over the latent for decode (perf/mla.py).
+            for op in mla_ops(att, h, tp, weight_bytes=wb["attention"], kv_bytes=kb, act_bytes=ab):
+                peak = self.gemm_peak["attention"] if op.kind == "gemm" else self.attn_peak
+                add(op.name, count, peak, self.mem_bw, lat,
+                    {_MLA_AGG[k]: c for k, c in op.flops.items()}, op.weight_bytes,
+                    {_MLA_AGG[k]: c for k, c in op.bytes.items()}, "memory")
         elif att.kind == "mamba":
             inner, bc = att.mamba_inner, 2 * att.ssm_groups * att.ssm_state
             gemm("mamba.in_proj", count, h, (2 * inner + bc + att.mamba_heads) / tp, "attention")
@@ -414,11 +421,12 @@ def ops_seconds(ops: list[_Op], agg: list[float]) -> float:
         flops = 0.0
         for i, c in op.flops:
             flops += c * agg[i]
-        nbytes = op.bytes_base
+        nbytes = 0.0
         for i, c in op.bytes:
             nbytes += c * agg[i]
         if not flops and not nbytes:
-            continue  # the operator does not run in this step
+            continue  # the operator does not run in this step (no work: weights are not read)
+        nbytes += op.bytes_base
         t_c = flops / op.peak if op.peak else 0.0
         t_m = nbytes / op.bandwidth if op.bandwidth else 0.0
         total += op.layers * (op.fixed + (t_c if t_c > t_m else t_m))
@@ -432,10 +440,12 @@ def _op_lines(op: _Op, start: list[float], slope: list[float]) -> tuple[float, f
     for i, c in op.flops:
         f0 += c * start[i]
         f1 += c * slope[i]
-    b0, b1 = op.bytes_base, 0.0
+    b0 = b1 = 0.0
     for i, c in op.bytes:
         b0 += c * start[i]
         b1 += c * slope[i]
+    if f0 or f1 or b0 or b1:
+        b0 += op.bytes_base  # weights are read only when the operator runs
     c0, c1 = (f0 / op.peak, f1 / op.peak) if op.peak else (0.0, 0.0)
     m0, m1 = (b0 / op.bandwidth, b1 / op.bandwidth) if op.bandwidth else (0.0, 0.0)
     return c0, c1, m0, m1

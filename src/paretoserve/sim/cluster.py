@@ -26,6 +26,7 @@ from typing import ClassVar
 from paretoserve.errors import UserError
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.iteration import IterationRow
+from paretoserve.sim.pipeline import PipelineReplica
 from paretoserve.sim.replica import Replica
 from paretoserve.sim.sequence import Sequence
 
@@ -131,6 +132,10 @@ def build_pools(engine: EngineConfig | None, replicas: int, disagg: DisaggConfig
                 ) -> tuple[list[Replica], list[Replica]]:
     """(replicas receiving arrivals, decode replicas) — the second list is empty without disaggregation."""
     def make(index: int, config: EngineConfig, handoff: bool) -> Replica:
+        """A replica; one with pipeline stages (step model pp > 1) is a `PipelineReplica`."""
+        if config.step_model.pp > 1:
+            return PipelineReplica(index, config, on_done=on_done, on_itl=on_itl,  # type: ignore[return-value]
+                                   on_handoff=on_handoff if handoff else None, on_iteration=on_iteration)
         return Replica(index, config, fast=fast, on_done=on_done, on_itl=on_itl,
                        on_handoff=on_handoff if handoff else None, on_iteration=on_iteration)
 

@@ -128,7 +128,7 @@ class Simulation:
         self.replicas = pools
         self.block_size = pools[0].bs
         self.max_blocks = min(r.kv.num_blocks - r.kv.watermark_blocks for r in pools)
-        self.kv_layout = pools[0].layout
+        self.kv_layout = pools[0].config.kv_layout
         limits = [r.config.max_model_len for r in pools if r.config.max_model_len]
         self.max_model_len = min(limits) if limits else None
         self.now = 0.0
@@ -229,7 +229,7 @@ class Simulation:
         An idle replica starts at once unless more arrivals or events share the instant `t`; then
         a wake-up event starts it after all of them are queued.
         """
-        if replica.end == INF:
+        if replica.idle(t):
             replica.arrive(seq)
             heap = self._heap
             if next_arrival > t and (not heap or heap[0][0] > t):

@@ -28,6 +28,9 @@ its own gap since its previous token. Prefill-only iterations add their time to 
 sequences that were decoding before them (a sequence whose first token came from one of them is
 given the plain iteration gap: an approximation).
 
+With pipeline stages (pp > 1) a replica is a `paretoserve.sim.pipeline.PipelineReplica` of pp
+lanes, each a `Replica` sharing one block manager and waiting queue (`lane=True`, no fast path).
+
 Units: seconds, tokens, blocks.
 """
 
@@ -41,6 +44,7 @@ from paretoserve.sim.config import EngineConfig
 from paretoserve.sim.iteration import IterationRow
 from paretoserve.sim.kvcache import BlockManager
 from paretoserve.sim.schedulers import make_scheduler
+from paretoserve.sim.schedulers.base import Scheduler
 from paretoserve.sim.sequence import DONE, RUNNING, WAITING, Sequence
 
 INF = float("inf")
@@ -58,6 +62,10 @@ class Replica:
         on_handoff: called with (sequence, time) when a disaggregated prefill produced its first
             token and the sequence leaves for a decode replica.
         on_iteration: called with an `IterationRow` per step (a fast-forwarded run is one row).
+        kv, scheduler, max_seqs: a block manager, waiting queue and sequence cap shared with other
+            lanes of one pipeline-parallel engine (see `paretoserve.sim.pipeline`); by default the
+            replica's own, from `config`.
+        lane: a pipeline lane, which may find nothing to run while other lanes hold the KV blocks.
     """
 
     __slots__ = (
@@ -66,7 +74,7 @@ class Replica:
         "on_done", "on_itl", "on_handoff", "on_iteration",
         "running", "prefilling", "G", "n_dec", "key_sum", "hist", "done_heap",
         "now", "end", "k", "n_step", "cs_step", "horizon", "swap_s", "preempted_now", "all_slots",
-        "unsteady", "pf_only", "stall_s", "stall_n",
+        "unsteady", "pf_only", "stall_s", "stall_n", "lane",
         "pf_seqs", "pf_tokens", "joiners", "outstanding", "version",
         "busy_s", "iterations", "steps", "preemptions",
     )
@@ -75,16 +83,20 @@ class Replica:
                  on_done: Callable[[Sequence], None],
                  on_itl: Callable[[float, int], None],
                  on_handoff: Callable[[Sequence, float], None] | None = None,
-                 on_iteration: Callable[[IterationRow], None] | None = None) -> None:
+                 on_iteration: Callable[[IterationRow], None] | None = None,
+                 kv: BlockManager | None = None, scheduler: Scheduler | None = None,
+                 max_seqs: int | None = None, lane: bool = False) -> None:
         self.index = index
         self.config = config
         self.model = config.step_model
         self.bs = config.block_size
-        self.kv = BlockManager(config.num_blocks, config.block_size,
-                               prefix_caching=config.prefix_caching, watermark=config.watermark)
+        self.kv = kv if kv is not None else BlockManager(
+            config.num_blocks, config.block_size, prefix_caching=config.prefix_caching,
+            watermark=config.watermark)
         self.layout = config.kv_layout
-        self.scheduler = make_scheduler(config)
-        self.max_seqs = config.max_num_seqs
+        self.scheduler = scheduler if scheduler is not None else make_scheduler(config)
+        self.max_seqs = max_seqs or config.max_num_seqs
+        self.lane = lane
         self.max_tokens = config.max_num_batched_tokens
         self.whole_prompts = self.scheduler.whole_prompts
         self.reserve_full = config.reserve_full_prompt
@@ -128,6 +140,10 @@ class Replica:
         self.preemptions = 0
 
     # ------------------------------------------------------------------ inputs
+    def idle(self, t: float) -> bool:
+        """Whether an arrival at `t` should start a step now (no step or wake-up is pending)."""
+        return self.end == INF
+
     def arrive(self, seq: Sequence) -> None:
         """Queue a request that has arrived (it is considered at the next iteration boundary)."""
         self.scheduler.add(seq, self.now)
@@ -170,7 +186,7 @@ class Replica:
             self.k = 0
             if self.preempted_now:
                 return self.start(now, horizon)  # preemption blocked admission: admit at once
-            if self.running or len(sched):
+            if (self.running or len(sched)) and not self.lane:
                 raise RuntimeError(f"replica {self.index} stalled at t={now:.6f}s with "
                                    f"{len(self.running)} running and {len(sched)} waiting")
             return INF

@@ -16,6 +16,10 @@ what was covered. Errors are relative, (predicted − measured) / measured, in %
    (ALiBi, no config bundled) and power-capped H100 rows are counted out.
 4. Kernel tables, leave-one-out (H100, vLLM 0.19.0): median and p90 APE per kernel kind, as
    `calibrate --kernels` stores them in the profile (the computation bench_calibration reports).
+5. The datasheet all-reduce model (`perf.comm`) against the all-reduce tables it is fitted on
+   (H100 vLLM 0.24.0 custom all-reduce, NCCL 2.29.2): value = leave-one-out (constants refitted
+   without the row), baseline = the shipped constants (in-sample); and on the A100 tables (vLLM
+   0.14.0, NCCL 2.27.3), which the fit never saw (shipped constants only).
 
 Standalone: `python benchmarks/bench_fidelity.py` (about a minute).
 """
@@ -32,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from paretoserve.bench.importers import import_vllm
-from paretoserve.calibrate import calibrate_kernels
+from paretoserve.calibrate import calibrate_kernels, comm_fit
 from paretoserve.calibrate.point_replay import error_summary, predict_points
 from paretoserve.calibrate.points import map_row, read_points
 from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
@@ -191,12 +195,44 @@ def loo_rows(fit: dict) -> list[dict]:
     return out
 
 
+A100_COMM_TABLES = ("a100_sxm/comm/vllm/0.14.0/custom_allreduce_perf.parquet",
+                    "a100_sxm/comm/nccl/2.27.3/nccl_perf.parquet")
+
+
+def comm_rows() -> list[dict]:
+    """Median / p90 |error| of `perf.comm` per all-reduce table (item 5 of the module docstring)."""
+    out = []
+    h100 = load_device("h100_sxm")
+    tables = comm_fit.load_fit_tables(DATA / "kernels")
+    loo = comm_fit.leave_one_out(tables, h100)
+    shipped = comm_fit.model_errors(tables, h100)
+    start = 0
+    for path, table in zip(comm_fit.FIT_TABLES, tables, strict=True):
+        sel = slice(start, start + len(table))
+        start += len(table)
+        label = "vLLM custom AR" if table.framework == "vllm" else "NCCL"
+        for stat, f in (("median", np.median), ("p90", lambda x: np.percentile(x, 90))):
+            note = f"{len(table)} rows of {path}" if stat == "median" else ""
+            out.append(_pair(f"comm model H100 {label} {stat} APE", float(f(np.abs(loo[sel]))),
+                             float(f(np.abs(shipped[sel]))), note))
+    a100 = load_device("a100_sxm")
+    for path, table in zip(A100_COMM_TABLES, comm_fit.load_fit_tables(DATA / "kernels", A100_COMM_TABLES),
+                           strict=True):
+        errors = comm_fit.model_errors([table], a100)
+        label = "vLLM custom AR" if table.framework == "vllm" else "NCCL"
+        for stat, f in (("median", np.median), ("p90", lambda x: np.percentile(x, 90))):
+            note = (f"held-out device: {len(table)} rows of {path}, mean signed {errors.mean():+.0%}"
+                    if stat == "median" else "")
+            out.append(_pair(f"comm model A100 {label} {stat} APE", None, float(f(np.abs(errors))), note))
+    return out
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-fidelity-") as tmp:
         folder = Path(tmp)
         paths, fit = profiles(folder)
         return (point_rows(paths["h100_sxm"]) + vllm_run_rows(folder) + splitwise_rows(folder, paths)
-                + loo_rows(fit))
+                + loo_rows(fit) + comm_rows())
 
 
 if __name__ == "__main__":

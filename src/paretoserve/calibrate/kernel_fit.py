@@ -34,8 +34,8 @@ import numpy as np
 from paretoserve.calibrate.kernel_tables import CATEGORY_COLUMNS, SHAPE_COLUMNS, KernelTable
 from paretoserve.catalog.device import DeviceSpec
 from paretoserve.errors import UserError
-from paretoserve.perf.fitted import GEMM_DTYPES, OPTIONAL_COLUMNS, Grid, KernelFit, class_nodes, ideal_seconds
 from paretoserve.perf import comm
+from paretoserve.perf.fitted import GEMM_DTYPES, OPTIONAL_COLUMNS, Grid, KernelFit, class_nodes, ideal_seconds
 from paretoserve.perf.kernels import (
     attention_seconds,
     context_attention_cost,

@@ -9,9 +9,9 @@ summed over the layers it appears in, plus pipeline send/recv from the link mode
 tensor-parallel all-reduces of `paretoserve.perf.comm` (algorithm and link as vLLM picks them; their
 time depends on the step's token count only, so it is a per-step constant of the decode fast path).
 Token counts up to the largest CUDA-graph capture size are padded to the next captured size for
-the linear layers and all-reduces, as vLLM V1 runs them. Because every operator is linear in the aggregates, a run of k decode iterations
-(context +1 per sequence each time) is a sum of maxima of two lines and has a closed form, which
-`decode_run_seconds` uses.
+the linear layers and all-reduces, as vLLM V1 runs them. Because every operator is linear in the
+aggregates, a run of k decode iterations (context +1 per sequence each time) is a sum of maxima of
+two lines and has a closed form, which `decode_run_seconds` uses.
 """
 
 from __future__ import annotations

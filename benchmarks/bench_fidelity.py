@@ -26,6 +26,10 @@ what was covered. Errors are relative, (predicted − measured) / measured, in %
    70% peak, bytes / 80% bandwidth)); EP all-to-all (`perf/alltoall.py`), leave-one-out on the
    SGLang 0.5.12 H100 DeepEP tables per kernel family and phase (baseline: the link default,
    10 µs + bytes / 80% of 450 GB/s NVLink).
+6. The datasheet all-reduce model (`perf.comm`) against the all-reduce tables it is fitted on
+   (H100 vLLM 0.24.0 custom all-reduce, NCCL 2.29.2): value = leave-one-out (constants refitted
+   without the row), baseline = the shipped constants (in-sample); and on the A100 tables (vLLM
+   0.14.0, NCCL 2.27.3), which the fit never saw (shipped constants only).
 
 Standalone: `python benchmarks/bench_fidelity.py` (about a minute).
 """
@@ -42,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from paretoserve.bench.importers import import_vllm
-from paretoserve.calibrate import calibrate_kernels
+from paretoserve.calibrate import calibrate_kernels, comm_fit
 from paretoserve.calibrate.a2a_fit import leave_one_out as a2a_leave_one_out
 from paretoserve.calibrate.a2a_fit import read_phase_rows
 from paretoserve.calibrate.moe_fit import features as moe_features
@@ -249,12 +253,44 @@ def mla_rows() -> list[dict]:
     return out
 
 
+A100_COMM_TABLES = ("a100_sxm/comm/vllm/0.14.0/custom_allreduce_perf.parquet",
+                    "a100_sxm/comm/nccl/2.27.3/nccl_perf.parquet")
+
+
+def comm_rows() -> list[dict]:
+    """Median / p90 |error| of `perf.comm` per all-reduce table (item 5 of the module docstring)."""
+    out = []
+    h100 = load_device("h100_sxm")
+    tables = comm_fit.load_fit_tables(DATA / "kernels")
+    loo = comm_fit.leave_one_out(tables, h100)
+    shipped = comm_fit.model_errors(tables, h100)
+    start = 0
+    for path, table in zip(comm_fit.FIT_TABLES, tables, strict=True):
+        sel = slice(start, start + len(table))
+        start += len(table)
+        label = "vLLM custom AR" if table.framework == "vllm" else "NCCL"
+        for stat, f in (("median", np.median), ("p90", lambda x: np.percentile(x, 90))):
+            note = f"{len(table)} rows of {path}" if stat == "median" else ""
+            out.append(_pair(f"comm model H100 {label} {stat} APE", float(f(np.abs(loo[sel]))),
+                             float(f(np.abs(shipped[sel]))), note))
+    a100 = load_device("a100_sxm")
+    for path, table in zip(A100_COMM_TABLES, comm_fit.load_fit_tables(DATA / "kernels", A100_COMM_TABLES),
+                           strict=True):
+        errors = comm_fit.model_errors([table], a100)
+        label = "vLLM custom AR" if table.framework == "vllm" else "NCCL"
+        for stat, f in (("median", np.median), ("p90", lambda x: np.percentile(x, 90))):
+            note = (f"held-out device: {len(table)} rows of {path}, mean signed {errors.mean():+.0%}"
+                    if stat == "median" else "")
+            out.append(_pair(f"comm model A100 {label} {stat} APE", None, float(f(np.abs(errors))), note))
+    return out
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-fidelity-") as tmp:
         folder = Path(tmp)
         paths, fit = profiles(folder)
         return (point_rows(paths["h100_sxm"]) + vllm_run_rows(folder) + splitwise_rows(folder, paths)
-                + loo_rows(fit) + mla_rows() + moe_loo_rows())
+                + loo_rows(fit) + mla_rows() + moe_loo_rows() + comm_rows())
 
 
 if __name__ == "__main__":

@@ -306,7 +306,7 @@ def test_decode_run_equals_step_sum(profile, model_name, tp):
 
 def test_seconds_equals_step_time_and_coefficients_apply(profile):
     model = load_model("Meta-Llama-3.1-8B")
-    base = Calibrated(model, H100, kernels=profile.kernels)
+    base = Calibrated(model, H100, kernels=profile.kernels, coefficients=Coefficients(step_overhead_s=0.0))
     shape = StepShape(prefill=(PrefillChunk(256, 512), PrefillChunk(100)), decode=(300, 4000, 17))
     assert base.seconds(shape) == pytest.approx(base.step_time(shape).seconds, rel=1e-12)
     same = base.seconds(StepShape(decode=(1000,) * 3))
@@ -315,7 +315,7 @@ def test_seconds_equals_step_time_and_coefficients_apply(profile):
                       coefficients=Coefficients(step_overhead_s=1e-3, token_overhead_s=1e-5))
     expected = base.seconds(shape) + 1e-3 + 1e-5 * shape.num_tokens
     assert over.seconds(shape) == pytest.approx(expected, rel=1e-12)
-    slow = Calibrated(model, H100, kernels=profile.kernels, coefficients=Coefficients(0.5, 0.5))
+    slow = Calibrated(model, H100, kernels=profile.kernels, coefficients=Coefficients(0.5, 0.5, 0.0))
     assert slow.seconds(shape) == pytest.approx(2 * base.seconds(shape), rel=0.02)  # kernel latencies fixed
 
 

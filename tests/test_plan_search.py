@@ -73,9 +73,9 @@ def test_choice_between_aggregated_and_disaggregated_follows_simulated_goodput(t
                                   output="uniform:2:8", seed=1)
         slo = parse_slo("ttft_p90=500ms,tpot_p90=200ms")
     else:  # long outputs after mid-size prompts, tight TPOT: prefill chunks would stall decodes
-        requests = build_workload(None, arrival="poisson", rate=1.0, requests=120, prompt="uniform:1000:2000",
+        requests = build_workload(None, arrival="poisson", rate=1.0, requests=120, prompt="uniform:1500:3000",
                                   output="uniform:200:400", seed=1)
-        slo = parse_slo("ttft_p90=3s,tpot_p90=25ms")
+        slo = parse_slo("ttft_p90=3s,tpot_p90=30ms")
     # Same device count on both sides: 2 aggregated replicas, or one prefill + one decode replica.
     space = SearchSpace(devices=[DEVICE], tp=[1], max_devices=2, max_pool_replicas=1)
     outcome = run_search(PlanSearch(MODEL, "synthetic", requests, slo, space, rate=None, executor="serial"))

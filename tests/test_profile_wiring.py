@@ -11,8 +11,10 @@ from paretoserve.cli import commands  # noqa: F401  (registers the commands)
 from paretoserve.cli.app import app
 from paretoserve.perf.calibrated import Coefficients
 from paretoserve.perf.profile import Profile, save_profile
+from paretoserve.perf.overhead import STEP_OVERHEAD_S
 
 OVERHEAD_S = 0.010  # a per-iteration overhead large enough to see in every figure
+EXTRA_S = OVERHEAD_S - STEP_OVERHEAD_S  # over the roofline's default per-iteration overhead
 
 
 @pytest.fixture
@@ -33,12 +35,12 @@ def _estimate(*extra: str) -> dict:
 def test_estimate_with_profile_adds_the_fitted_overhead(profile):
     plain, calibrated = _estimate(), _estimate("--profile", profile)
     assert calibrated["step_model"].startswith("calibrated profile")
-    assert calibrated["decode"]["seconds"] == pytest.approx(plain["decode"]["seconds"] + OVERHEAD_S, rel=0.05)
+    assert calibrated["decode"]["seconds"] == pytest.approx(plain["decode"]["seconds"] + EXTRA_S, rel=0.05)
 
 
 def test_simulate_with_profile_single_request(tmp_path, profile):
     # One request of 1 prompt chunk + 4 output tokens on an idle replica: 4 iterations after the
-    # first token's, each OVERHEAD_S longer than the roofline's.
+    # first token's, each EXTRA_S longer than the roofline's.
     runs = {}
     for name, extra in (("plain", []), ("calibrated", ["--profile", profile])):
         out = tmp_path / name
@@ -48,7 +50,7 @@ def test_simulate_with_profile_single_request(tmp_path, profile):
         assert result.exit_code == 0, result.output
         runs[name] = json.loads((out / "requests.jsonl").read_text())
     e2e = {k: r["last_token_s"] - r["arrival_s"] for k, r in runs.items()}
-    assert e2e["calibrated"] - e2e["plain"] == pytest.approx(5 * OVERHEAD_S, rel=0.05)
+    assert e2e["calibrated"] - e2e["plain"] == pytest.approx(5 * EXTRA_S, rel=0.05)
 
 
 def test_profile_for_another_device_is_refused(profile):

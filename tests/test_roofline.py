@@ -11,7 +11,7 @@ from paretoserve.perf.memory import kv_capacity
 from paretoserve.perf.roofline import Efficiency, Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape
 
-IDEAL = Efficiency(gemm=1.0, attention=1.0, memory=1.0, link=1.0, kernel_latency_s=0.0)
+IDEAL = Efficiency(gemm=1.0, attention=1.0, memory=1.0, link=1.0, kernel_latency_s=0.0, step_overhead_s=0.0)
 # Llama-3.1-8B linear weights per layer: q,o 4096², k,v 4096×1024, gate/up/down 4096×14336.
 LLAMA8_LAYER_LINEAR = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336
 VOCAB, HIDDEN, LAYERS = 128256, 4096, 32
@@ -57,10 +57,10 @@ def test_tensor_parallel_halves_weights_and_adds_allreduce():
     one = Roofline(model, dev, efficiency=IDEAL).step_time(StepShape(decode=(10,)))
     two = Roofline(model, dev, tp=2, efficiency=IDEAL).step_time(StepShape(decode=(10,)))
     ops = {op.name: op for op in two.ops}
-    # Two all-reduces per layer of hidden × 2 bytes over a ring: 2(t−1)/t × size / link bandwidth
-    # plus (t−1) × link latency each.
+    # Two all-reduces per layer of hidden × 2 bytes; at TP2 on NVLink vLLM runs its one-shot custom
+    # all-reduce (perf.comm constants): 4.25 µs + 0.08 µs × (2 − 1) + (2 − 1) × size / (450 GB/s × 0.600).
     size = HIDDEN * 2
-    expected_ar = 2 * LAYERS * ((2 - 1) * dev.intra_node_latency + 1.0 * size / dev.intra_node_bandwidth)
+    expected_ar = 2 * LAYERS * (4.25e-6 + 0.08e-6 + size / (450e9 * 0.600))
     assert ops["tp.allreduce"].seconds == pytest.approx(expected_ar, rel=1e-9)
     assert two.seconds - ops["tp.allreduce"].seconds == pytest.approx(one.seconds / 2, rel=0.02)
 

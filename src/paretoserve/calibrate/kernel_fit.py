@@ -34,9 +34,9 @@ import numpy as np
 from paretoserve.calibrate.kernel_tables import CATEGORY_COLUMNS, SHAPE_COLUMNS, KernelTable
 from paretoserve.catalog.device import DeviceSpec
 from paretoserve.errors import UserError
+from paretoserve.perf import comm
 from paretoserve.perf.fitted import GEMM_DTYPES, OPTIONAL_COLUMNS, Grid, KernelFit, class_nodes, ideal_seconds
 from paretoserve.perf.kernels import (
-    allreduce_seconds,
     attention_seconds,
     context_attention_cost,
     gemm_seconds,
@@ -263,8 +263,9 @@ def datasheet_seconds(table: KernelTable, device: DeviceSpec, eff: Efficiency | 
     if table.kind == "gemm":
         return np.array([gemm_seconds(device, m, n, k, GEMM_DTYPES.get(d, "bf16"), eff) for m, n, k, d in
                          zip(s["m"], s["n"], s["k"], c["gemm_dtype"], strict=True)])
-    if table.kind == "allreduce":
-        return np.array([allreduce_seconds(device, g, size, eff) for g, size in
+    if table.kind == "allreduce":  # vLLM's dispatch for vLLM tables, NCCL's for NCCL tables
+        engine = "vllm" if table.framework == "vllm" else "nccl"
+        return np.array([comm.allreduce_seconds(device, int(g), float(size), engine=engine) for g, size in
                          zip(s["num_gpus"], s["message_size"], strict=True)])
     context = table.kind == "context_attention"
     cost = context_attention_cost if context else generation_attention_cost

@@ -10,8 +10,11 @@ A table is a Parquet (or CSV) file with one row per measured kernel call and a `
 - ``generation_attention`` — ``batch_size, step, num_heads, num_key_value_heads, head_dim,
   kv_cache_dtype`` (one decode step of `batch_size` sequences with `step` tokens in the KV cache);
   ``window_size`` optional.
-- ``allreduce`` — ``num_gpus, message_size`` (bytes); NCCL tables with several collectives keep
-  the rows whose ``op_name`` is ``all_reduce``.
+- ``allreduce`` — ``num_gpus, message_size``; the file counts **elements** (AIConfigurator's
+  schema: nccl-tests bytes ÷ element size; engine_facts.md §2 "nccl_perf", "custom_allreduce_perf"),
+  loading multiplies by the element size of ``nccl_dtype`` / ``allreduce_dtype`` (2 bytes if absent),
+  so a loaded table's ``message_size`` is in **bytes**. NCCL tables with several collectives keep the
+  rows whose ``op_name`` is ``all_reduce``.
 
 The folder layout of shared/data/kernels is ``<device>/{gemm,attention,comm}/<framework>/<version>/
 <kind>_perf.parquet``; a flat folder holding ``gemm_perf.parquet`` etc. (what `paretoserve profile`
@@ -171,9 +174,29 @@ def load_kernel_table(path: str | Path, kind: KernelKind | None = None) -> Kerne
             category[col] = values.astype(np.int64)
         else:
             category[col] = np.full(table.num_rows, default, dtype=np.int64)
+    if kind == "allreduce":
+        shape["message_size"] = shape["message_size"] * _element_bytes(table, path)
     meta = {c: _first(table, c) for c in ("device", "framework", "version")}
     return KernelTable(kind, shape, category, latency_ms / 1e3, str(path), meta["device"],
                        meta["framework"].lower(), meta["version"])
+
+
+#: Bytes per element of the dtype names all-reduce tables use.
+_ELEMENT_BYTES: dict[str, int] = {"half": 2, "float16": 2, "bfloat16": 2, "int8": 1, "float": 4,
+                                  "float32": 4, "fp8": 1}
+
+
+def _element_bytes(table: pa.Table, path: Path) -> np.ndarray:
+    """Bytes per element of each row of an all-reduce table (2 where no dtype column is given)."""
+    for column in ("nccl_dtype", "allreduce_dtype"):
+        if column in table.column_names:
+            names = [str(v) for v in table.column(column).to_pylist()]
+            unknown = sorted(set(names) - set(_ELEMENT_BYTES))
+            if unknown:
+                raise UserError(f"unknown dtype '{unknown[0]}' (expected one of {', '.join(_ELEMENT_BYTES)})",
+                                file=str(path), field=column)
+            return np.array([_ELEMENT_BYTES[n] for n in names], dtype=np.int64)
+    return np.full(table.num_rows, 2, dtype=np.int64)
 
 
 def _first(table: pa.Table, column: str) -> str:

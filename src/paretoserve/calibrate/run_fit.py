@@ -332,6 +332,11 @@ class RunFit:
     start: dict[str, dict[str, tuple[float, float]]]
 
 
+#: The uncorrected model a run fit starts from: unit scales and no per-iteration or per-token
+#: overhead (the default `Coefficients` carry the datasheet model's per-iteration overhead).
+IDENTITY = Coefficients(step_overhead_s=0.0)
+
+
 def _decode(x: np.ndarray) -> Coefficients:
     return Coefficients(compute_scale=float(math.exp(x[0])), memory_scale=float(math.exp(x[1])),
                         step_overhead_s=float(x[2] ** 2 * 1e-3), token_overhead_s=float(x[3] ** 2 * 1e-6))
@@ -377,14 +382,15 @@ def fit_run(setup: RunSetup, *, kernels: dict | None = None, start: Coefficients
             progress(evaluations, total)
         return total
 
-    x0 = _encode(start or Coefficients())
+    start = start or IDENTITY
+    x0 = _encode(start)
     x0[2:] = np.maximum(x0[2:], 0.3)  # a small overhead to start from (the square has no slope at 0)
-    loss_start = loss(_encode(start or Coefficients()))
+    loss_start = loss(_encode(start))
     best = _nelder_mead(loss, x0, step=0.5, max_evaluations=max_evaluations // 2)
     best = _nelder_mead(loss, best, step=0.15, max_evaluations=max_evaluations - max_evaluations // 2)
     coefficients = _decode(best)
     final = simulate_setup(setup, step_model_for(setup, kernels, coefficients))
-    first = simulate_setup(setup, step_model_for(setup, kernels, start or Coefficients()))
+    first = simulate_setup(setup, step_model_for(setup, kernels, start))
     heldout = {}
     if held_ids:
         heldout = _pairs(latency_stats(final, held_ids), latency_stats(measured, held_ids))

@@ -190,6 +190,8 @@ def _measure(key: dict[str, Any]) -> DeviceSpec:
         inter_node_bandwidth=_ETHERNET_BYTES_PER_S,
         inter_node_latency=_ETHERNET_LATENCY_S,
         devices_per_node=1,
+        intra_node_link="none",
+        peer_to_peer=False,
         pcie_bandwidth=copy / 2,
         power_idle=_WATTS_PER_CORE_IDLE * cores,
         power_max=_WATTS_PER_CORE_MAX * cores,

@@ -109,6 +109,15 @@ class DeviceSpec(pydantic.BaseModel, frozen=True, extra="forbid"):
         inter_node_bandwidth: bytes/s per device, one direction, across nodes (its share of the NICs).
         inter_node_latency: seconds of fixed cost per inter-node transfer or collective step.
         devices_per_node: devices sharing the intra-node link.
+        intra_node_link: what joins the devices of a node: "nvlink" (NVLink / NVSwitch, every pair
+            connected), "xgmi" (AMD Infinity Fabric, fully connected), "pcie" (PCIe switch or root
+            complex), or "none" (one device per node). Default "pcie".
+        peer_to_peer: whether devices of a node can read each other's memory directly (CUDA P2P);
+            GeForce drivers disable it over PCIe, so traffic stages through host memory. Default true.
+        nvlink_multicast: whether the NVLink fabric has multicast / in-switch reduction (NVLink
+            SHARP, "NVLS": NVSwitch systems from Hopper on). Default false.
+        compute_capability: CUDA compute capability ("9.0"), which selects vLLM's all-reduce size
+            caps; "" for non-NVIDIA devices.
         pcie_bandwidth: host <-> device bytes/s, one direction (KV swap to CPU memory).
         power_idle: watts drawn with nothing running.
         power_max: watts at full load (TDP / maximum board power).
@@ -132,6 +141,10 @@ class DeviceSpec(pydantic.BaseModel, frozen=True, extra="forbid"):
     inter_node_bandwidth: float = pydantic.Field(gt=0, allow_inf_nan=False)
     inter_node_latency: float = pydantic.Field(gt=0, allow_inf_nan=False)
     devices_per_node: int = pydantic.Field(ge=1)
+    intra_node_link: Literal["nvlink", "xgmi", "pcie", "none"] = "pcie"
+    peer_to_peer: bool = True
+    nvlink_multicast: bool = False
+    compute_capability: str = pydantic.Field(default="", pattern=r"^(\d+\.\d+)?$")
     pcie_bandwidth: float = pydantic.Field(gt=0, allow_inf_nan=False)
     power_idle: float = pydantic.Field(gt=0, allow_inf_nan=False)
     power_max: float = pydantic.Field(gt=0, allow_inf_nan=False)
@@ -172,6 +185,8 @@ class DeviceSpec(pydantic.BaseModel, frozen=True, extra="forbid"):
         if unknown:
             raise ValueError(f"sources has unknown field(s) {', '.join(unknown)}; "
                              f"expected keys from {', '.join(NUMERIC_FIELDS)}")
+        if self.nvlink_multicast and self.intra_node_link != "nvlink":
+            raise ValueError(f"nvlink_multicast needs intra_node_link: nvlink (got {self.intra_node_link})")
         if self.power_idle >= self.power_max:
             raise ValueError(f"power_idle ({self.power_idle:g} W) must be below "
                              f"power_max ({self.power_max:g} W)")

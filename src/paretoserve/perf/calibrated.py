@@ -54,6 +54,7 @@ from paretoserve.perf.roofline import (
     _Op,
     _sum_line,
     _sum_max_lines,
+    cudagraph_tokens,
     gemm_compute_dtype,
     ops_seconds,
 )
@@ -330,7 +331,10 @@ class Calibrated(StepTimeModel):
         return ops_seconds(self.rest, agg)
 
     def _allreduce_seconds(self, tokens: float) -> float:
-        if not self._allreduce or not tokens:
+        """All-reduce seconds of a step: from the table fit if there is one, else `perf.comm`."""
+        if not self._allreduce:
+            return self.roof.allreduce_seconds(tokens)
+        if not tokens:
             return 0.0
         count, per_token = self._allreduce
         fit = self.kernels["allreduce"]
@@ -345,7 +349,7 @@ class Calibrated(StepTimeModel):
     def seconds(self, shape: StepShape) -> float:
         agg = self.roof.aggregates(shape)
         tokens, sampled = int(agg[TOKENS]), int(agg[SAMPLED])
-        total = self.coef.step_overhead_s + self.coef.token_overhead_s * tokens
+        total = self.coef.step_overhead_s + self.coef.token_overhead_s * shape.num_tokens
         total += self._gemm_total(tokens, sampled) if self._gemms else 0.0
         total += self._rest_seconds(agg)
         total += self._allreduce_seconds(tokens)
@@ -392,10 +396,9 @@ class Calibrated(StepTimeModel):
             bound: Bound = ("compute" if t_c >= t_m and flops
                             else op.bound_if_memory if nbytes else "overhead")
             ops.append(OpTime(op.name, seconds, op.layers * flops, op.layers * nbytes, bound))
-        if self._allreduce and tokens:
-            count, per_token = self._allreduce
+        if self.roof.allreduces and tokens:
             ops.append(OpTime("tp.allreduce", self._allreduce_seconds(tokens), 0.0,
-                              count * tokens * per_token, "comm"))
+                              self.roof.allreduces * tokens * self.model.hidden_size * self.roof.act_bytes, "comm"))
         if self._attn:
             pf = self._prefill_attention(len(shape.prefill), agg[PF_PAIRS], agg[PF_PAIRS_W], agg[PF_TOKENS],
                                          agg[PF_KV], agg[PF_KV_W])
@@ -417,8 +420,8 @@ class Calibrated(StepTimeModel):
                 ops.append(OpTime("attn.decode", sec, flops, nbytes, self._bound(flops, nbytes)))
         if self.coef.step_overhead_s:
             ops.append(OpTime("step.overhead", self.coef.step_overhead_s, 0.0, 0.0, "overhead"))
-        if self.coef.token_overhead_s and tokens:
-            ops.append(OpTime("token.overhead", self.coef.token_overhead_s * tokens, 0.0, 0.0, "overhead"))
+        if self.coef.token_overhead_s and shape.num_tokens:
+            ops.append(OpTime("token.overhead", self.coef.token_overhead_s * shape.num_tokens, 0.0, 0.0, "overhead"))
         return StepTime(sum(op.seconds for op in ops), tuple(ops))
 
     def _bound(self, flops: float, nbytes: float) -> Bound:
@@ -431,9 +434,10 @@ class Calibrated(StepTimeModel):
         cached = self._n_const.get(n)
         if cached is None:
             cached = self.coef.step_overhead_s + self.coef.token_overhead_s * n
+            padded = int(cudagraph_tokens(n, self.roof.eff.cudagraph_max_tokens))
             if self._gemms:
-                cached += self._gemm_total(n, n)
-            cached += self._allreduce_seconds(n)
+                cached += self._gemm_total(padded, n)
+            cached += self._allreduce_seconds(padded)
             self._n_const[n] = cached
         return cached
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from paretoserve.catalog.device import DeviceSpec
 from paretoserve.catalog.dtypes import dtype_bytes
+from paretoserve.perf.overhead import STEP_OVERHEAD_S
 
 #: Table dtype names -> canonical dtype of the arithmetic.
 GEMM_DTYPES: dict[str, str] = {"bfloat16": "bf16", "float16": "fp16", "bf16": "bf16", "fp16": "fp16",
@@ -54,7 +55,9 @@ def table_dtype(dtype: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Coefficients:
-    """Global corrections fitted end to end (from a bench run); identity by default.
+    """Global corrections fitted end to end (from a bench run); identity by default, except the
+    per-iteration overhead, which defaults to the datasheet model's (`overhead.STEP_OVERHEAD_S`):
+    kernel tables do not hold it.
 
     Attributes:
         compute_scale: multiplies compute efficiency (2.0 = compute-bound work twice as fast).
@@ -65,7 +68,7 @@ class Coefficients:
 
     compute_scale: float = 1.0
     memory_scale: float = 1.0
-    step_overhead_s: float = 0.0
+    step_overhead_s: float = STEP_OVERHEAD_S
     token_overhead_s: float = 0.0
 
     def to_dict(self) -> dict[str, float]:

@@ -1,8 +1,8 @@
-"""Roofline time of single kernels (GEMM, context and generation attention, all-reduce).
+"""Roofline time of single kernels (GEMM, context and generation attention).
 
 The same FLOP and byte counts as the operators of `Roofline`, for one kernel call with a shape as
 measured in kernel tables (the schema of shared/data/kernels). Used to compare the roofline with
-measurements and, by calibration, to fit efficiencies.
+measurements and, by calibration, to fit efficiencies. All-reduce times are `perf.comm`'s.
 """
 
 from __future__ import annotations
@@ -61,14 +61,3 @@ def attention_seconds(device: DeviceSpec, flops: float, nbytes: float,
     eff = eff or Efficiency()
     return roofline_seconds(flops, nbytes, device.peak_flops("bf16") * eff.attention,
                             device.mem_bandwidth * eff.memory, eff.kernel_latency_s)
-
-
-def allreduce_seconds(device: DeviceSpec, gpus: int, message_bytes: float,
-                      eff: Efficiency | None = None) -> float:
-    """Ring all-reduce of `message_bytes` over `gpus` devices: 2(g−1)/g × size / bandwidth + latency."""
-    eff = eff or Efficiency()
-    if gpus <= 1:
-        return 0.0
-    ring = 2.0 * (gpus - 1) / gpus
-    return (gpus - 1) * device.intra_node_latency + ring * message_bytes / (
-        device.intra_node_bandwidth * eff.link)

@@ -5,15 +5,19 @@ aggregates of the step (tokens, sampled rows, attention pairs, KV tokens read, .
 
     fixed + max(FLOPs / (peak × compute efficiency), bytes / (bandwidth × memory efficiency))
 
-summed over the layers it appears in, plus tensor-parallel all-reduces and pipeline send/recv from
-the link model. Routed experts follow the parallel layout (`paretoserve.perf.layout`): the busiest
-EP rank's grouped GEMM (`paretoserve.perf.grouped_gemm`, with the expected routing imbalance of
-`paretoserve.perf.routing`) on the tokens of all attention-DP ranks — the step of one rank prices
-the MoE on attention_dp × its own tokens, as if every rank ran the same batch (an approximation of
-the lock-step of real attention-DP) — and the dispatch / combine all-to-all of
-`paretoserve.perf.alltoall` when attention-DP ranks exchange tokens; these MoE aggregates depend
-only on the step's token count. Because every operator is linear in the aggregates and those
-constant over a decode run, a run of k decode iterations (context +1 per sequence each time) is a sum of maxima of two lines and has a closed form, which
+summed over the layers it appears in, plus pipeline send/recv from the link model and the
+tensor-parallel all-reduces of `paretoserve.perf.comm` (algorithm and link as vLLM picks them; their
+time depends on the step's token count only, so it is a per-step constant of the decode fast path).
+Token counts up to the largest CUDA-graph capture size are padded to the next captured size for
+the linear layers and all-reduces, as vLLM V1 runs them. Routed experts follow the parallel layout
+(`paretoserve.perf.layout`): the busiest EP rank's grouped GEMM (`paretoserve.perf.grouped_gemm`,
+with the expected routing imbalance of `paretoserve.perf.routing`) on the tokens of all
+attention-DP ranks — the step of one rank prices the MoE on attention_dp × its own tokens, as if
+every rank ran the same batch (an approximation of the lock-step of real attention-DP) — and the
+dispatch / combine all-to-all of `paretoserve.perf.alltoall` when attention-DP ranks exchange
+tokens; these MoE aggregates depend only on the step's token count. Because every operator is
+linear in the aggregates and those are constant over a decode run, a run of k decode iterations
+(context +1 per sequence each time) is a sum of maxima of two lines and has a closed form, which
 `decode_run_seconds` uses.
 """
 
@@ -26,12 +30,13 @@ from paretoserve.catalog.device import DeviceSpec
 from paretoserve.catalog.dtypes import dtype_bytes, normalize_dtype
 from paretoserve.catalog.model import LayerSpec, ModelSpec
 from paretoserve.errors import UserError
-from paretoserve.perf import alltoall
+from paretoserve.perf import alltoall, comm
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.fitted import table_dtype
 from paretoserve.perf.grouped_gemm import constants_for
 from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.mla import mla_ops
+from paretoserve.perf.overhead import STEP_OVERHEAD_S, cudagraph_tokens
 from paretoserve.perf.pipeline import slowest_stage_share
 from paretoserve.perf.shape import Bound, OpTime, StepShape, StepTime
 
@@ -63,8 +68,16 @@ class Efficiency:
 
     Defaults: GEMM 70% of peak tensor FLOP/s and memory 80% of peak bandwidth (the correction NVIDIA's
     AIConfigurator applies to H100 HBM), attention 60% of peak (FlashAttention-2/3 forward passes
-    reach ~50–75% of peak on A100/H100), links 80%; 3 µs fixed latency per kernel (AIConfigurator's
-    `mem_empirical_constant_latency`); no per-step scheduler overhead (fitted by calibration).
+    reach ~50–75% of peak on A100/H100), links 80% (pipeline send/recv; all-reduces use the fitted
+    constants of `perf.comm`); 3 µs fixed latency per kernel (AIConfigurator's
+    `mem_empirical_constant_latency`).
+
+    `step_overhead_s`: CPU time per iteration not hidden behind the GPU (scheduling, input
+    preparation, sampling, detokenization hand-off), STEP_OVERHEAD_S by default (its source there).
+    `cudagraph_max_tokens`: the largest CUDA-graph capture size; steps of at most that many tokens
+    run padded to the next size of vLLM's capture list [1, 2, 4, 8, 16, ..., 248, 256, 272, ...]
+    (engine_facts.md §3 "CUDA graphs": min(max_num_seqs × 2, 512), 512 for the default
+    max_num_seqs 256 and 1024); 0 turns padding off.
     """
 
     gemm: float = 0.70
@@ -72,7 +85,8 @@ class Efficiency:
     memory: float = 0.80
     link: float = 0.80
     kernel_latency_s: float = 3e-6
-    step_overhead_s: float = 0.0
+    step_overhead_s: float = STEP_OVERHEAD_S
+    cudagraph_max_tokens: int = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +147,8 @@ class Roofline(StepTimeModel):
         self._moe_cache: dict[float, tuple[float, float, float]] = {}
         self.ops = self._build_ops()
         self.stage_share = slowest_stage_share(model.num_layers, pp)
+        self.allreduces = self._allreduce_count()
+        self._ar_cache: dict[float, float] = {}
         self._lines: dict[int, tuple[float, tuple[tuple[float, float, float, float], ...]]] = {}
 
     # ------------------------------------------------------------------ public interface
@@ -152,9 +168,33 @@ class Roofline(StepTimeModel):
             bound: Bound = "compute" if t_compute >= t_memory and flops else op.bound_if_memory
             total += seconds
             ops.append(OpTime(op.name, seconds, op.layers * flops, op.layers * nbytes, bound))
+        if self.allreduces and agg[TOKENS]:
+            seconds = self.allreduce_seconds(agg[TOKENS])
+            total += seconds
+            ops.append(OpTime("tp.allreduce", seconds, 0.0,
+                              self.allreduces * agg[TOKENS] * self.model.hidden_size * self.act_bytes, "comm"))
         if self.eff.step_overhead_s:
             ops.append(OpTime("step.overhead", self.eff.step_overhead_s, 0.0, 0.0, "overhead"))
         return StepTime(total, tuple(ops))
+
+    def allreduce_seconds(self, tokens: float) -> float:
+        """Seconds of a step's tensor-parallel all-reduces for `tokens` (padded) tokens: every
+        attention and MLP block of every layer reduces tokens × hidden activations (`perf.comm`)."""
+        if not self.allreduces or tokens <= 0:
+            return 0.0
+        cached = self._ar_cache.get(tokens)
+        if cached is None:
+            nbytes = tokens * self.model.hidden_size * self.act_bytes
+            cached = self.allreduces * comm.allreduce_seconds(self.device, self.tp, nbytes)
+            self._ar_cache[tokens] = cached
+        return cached
+
+    def _allreduce_count(self) -> int:
+        """All-reduces per step: one after each attention and each MLP block, when tp > 1."""
+        if self.tp <= 1:
+            return 0
+        return sum(count * ((layer.attention.kind != "none") + (layer.mlp.kind != "none"))
+                   for layer, count in self.model.layer_groups)
 
     def seconds(self, shape: StepShape) -> float:
         return self._evaluate(self.aggregates(shape))
@@ -183,7 +223,7 @@ class Roofline(StepTimeModel):
             for c0, c1, m0, m1 in lines:
                 total += _sum_max(c0 + c1 * context_sum, c1 * step, m0 + m1 * context_sum, m1 * step, 0, k)
             return total
-        total = k * self.eff.step_overhead_s
+        total = k * (self.eff.step_overhead_s + self.allreduce_seconds(self._decode_aggregates(n, 0)[TOKENS]))
         for lo, hi, start, slope in self._decode_segments(n, context_sum, k):
             for op in self.ops:
                 total += op.layers * _sum_max_lines(op, start, slope, lo, hi)
@@ -205,7 +245,7 @@ class Roofline(StepTimeModel):
         start = self._decode_aggregates(n, 0)
         slope = [0.0] * N_AGG
         slope[DEC_KV] = 1.0
-        fixed = self.eff.step_overhead_s
+        fixed = self.eff.step_overhead_s + self.allreduce_seconds(start[TOKENS])
         lines = []
         for op in self.ops:
             c0, c1, m0, m1 = _op_lines(op, start, slope)
@@ -262,12 +302,14 @@ class Roofline(StepTimeModel):
             agg[DEC_KV] += sum(shape.decode)
             if w:
                 agg[DEC_KV_W] += sum(min(x, w) for x in shape.decode)
+        agg[TOKENS] = cudagraph_tokens(agg[TOKENS], self.eff.cudagraph_max_tokens)
         self._moe_aggregates(agg, prefill=bool(agg[PF_TOKENS]))
         return agg
 
     def _decode_aggregates(self, n: int, context_sum: int) -> list[float]:
         agg = [0.0] * N_AGG
-        agg[TOKENS] = agg[SAMPLED] = agg[SEQS] = agg[DECODES] = float(n)
+        agg[SAMPLED] = agg[SEQS] = agg[DECODES] = float(n)
+        agg[TOKENS] = cudagraph_tokens(float(n), self.eff.cudagraph_max_tokens)
         agg[DEC_KV] = float(context_sum)
         if self.window:
             agg[DEC_KV_W] = n * min(context_sum / n, self.window)
@@ -294,7 +336,7 @@ class Roofline(StepTimeModel):
             agg[A2A_NORMAL if prefill else A2A_LL] = tokens
 
     def _evaluate(self, agg: list[float]) -> float:
-        return self.eff.step_overhead_s + ops_seconds(self.ops, agg)
+        return self.eff.step_overhead_s + ops_seconds(self.ops, agg) + self.allreduce_seconds(agg[TOKENS])
 
     # ------------------------------------------------------------------ operators
     def _build_ops(self) -> list[_Op]:
@@ -327,10 +369,12 @@ class Roofline(StepTimeModel):
         add("embed", 1, 0.0, self.mem_bw, lat, {}, 0.0, {TOKENS: 2.0 * h * ab})
         add("lm_head", 1, self.gemm_peak["lm_head"], self.mem_bw, lat, {SAMPLED: 2.0 * h * m.vocab_size / tp},
             h * m.vocab_size * wb["lm_head"] / tp, {SAMPLED: (h * ab + 4.0 * m.vocab_size / tp)})
-        if self.pp > 1:
-            link_bw = self.device.intra_node_bandwidth * self.eff.link
-            add("pp.send_recv", self.pp - 1, 0.0, link_bw, self.device.intra_node_latency, {}, 0.0,
-                {TOKENS: h * ab}, "comm")
+        d = self.device
+        inter = pp_inter_node_hops(tp, self.pp, d.devices_per_node)
+        for hops, bw, latency in ((self.pp - 1 - inter, d.intra_node_bandwidth, d.intra_node_latency),
+                                  (inter, d.inter_node_bandwidth, d.inter_node_latency)):
+            if hops:
+                add("pp.send_recv", hops, 0.0, bw * self.eff.link, latency, {}, 0.0, {TOKENS: h * ab}, "comm")
         return [replace(op, layers=layer_counts[key]) for key, op in protos.items()]
 
     def _layer_ops(self, layer: LayerSpec, count: int, gemm, add, h: int, ab: float,
@@ -372,12 +416,6 @@ class Roofline(StepTimeModel):
             self._moe_ops(mlp, count, gemm, add, h, wb["experts"])
         norm_bytes = layer.norms * 4.0 * h * ab  # fused add + RMSNorm: read x and residual, write both
         add("norm+residual", count, 0.0, self.mem_bw, lat * layer.norms, {}, 0.0, {TOKENS: norm_bytes})
-        if tp > 1:
-            reduces = (att.kind != "none") + (mlp.kind != "none")
-            ring = 2.0 * (tp - 1) / tp
-            link_bw = self.device.intra_node_bandwidth * self.eff.link / ring
-            fixed = (tp - 1) * self.device.intra_node_latency
-            add("tp.allreduce", count * reduces, 0.0, link_bw, fixed, {}, 0.0, {TOKENS: h * ab}, "comm")
 
     def _moe_ops(self, mlp, count: int, gemm, add, h: int, wb: float) -> None:
         """Router, routed experts (grouped GEMM on the busiest EP rank) and the EP all-to-all."""
@@ -476,6 +514,12 @@ def _sum_line(a: float, b: float, lo: int, hi: int) -> float:
     if n <= 0:
         return 0.0
     return n * a + b * (lo + hi - 1) * n / 2
+
+
+def pp_inter_node_hops(tp: int, pp: int, devices_per_node: int) -> int:
+    """Pipeline stage boundaries that cross nodes when stages of `tp` devices fill nodes in order."""
+    stages_per_node = max(1, devices_per_node // tp)
+    return (pp - 1) // stages_per_node
 
 
 def gemm_compute_dtype(weight_dtype: str, device: DeviceSpec) -> str:

@@ -48,7 +48,7 @@ class Tensor:
 @dataclass(frozen=True, slots=True)
 class Node:
     """One ONNX node: operator, tensor names in and out, attributes, and the block it belongs to
-    (the module path prefix the builders give, e.g. "features.3"; the node name for other files)."""
+    (`block_of` its name, e.g. "features.3")."""
 
     name: str
     op_type: str
@@ -84,6 +84,25 @@ class DnnGraph:
     def param_bytes(self) -> int:
         """Bytes of all parameters."""
         return sum(self.tensors[p].nbytes for p in self.params)
+
+    def crossing(self) -> list[tuple[str, ...]]:
+        """For each cut position k = 0 … len(nodes): the activation tensors that a split between
+        nodes[:k] and nodes[k:] must send forward (produced before the cut, or a data input, and read
+        after it, or a graph output). Index 0 is the input itself, index len(nodes) the outputs."""
+        n = len(self.nodes)
+        produced = {name: -1 for name in self.inputs}
+        last_use = {name: n for name in self.outputs}
+        for index, node in enumerate(self.nodes):
+            for name in node.inputs:
+                if name and name not in self.params:
+                    last_use[name] = max(last_use.get(name, index), index)
+            for name in node.outputs:
+                produced[name] = index
+        cuts: list[list[str]] = [[] for _ in range(n + 1)]
+        for name, first in produced.items():
+            for k in range(first + 1, min(last_use.get(name, first), n) + 1):
+                cuts[k].append(name)
+        return [tuple(c) for c in cuts]
 
 
 def load_graph(name_or_path: str) -> DnnGraph:
@@ -149,13 +168,22 @@ def graph_from_onnx(model: Any, *, name: str, source: str) -> DnnGraph:
                             f"'{missing[0]}' after shape inference", file=source)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         node_name = node.name or f"{node.op_type.lower()}_{index}"
-        block = node_name.rsplit(".", 1)[0] if "." in node_name else node_name
-        nodes.append(Node(node_name, node.op_type, tuple(node.input), tuple(node.output), attrs, block))
+        nodes.append(Node(node_name, node.op_type, tuple(node.input), tuple(node.output), attrs,
+                          block_of(node_name)))
     if not nodes:
         raise UserError("the ONNX graph has no compute nodes", file=source)
     data_inputs = tuple(i.name for i in g.input if i.name not in params)
     return DnnGraph(name, tuple(nodes), tensors, frozenset(params), data_inputs,
                     tuple(o.name for o in g.output), source)
+
+
+def block_of(node_name: str) -> str:
+    """The top-level block a node belongs to: the first two components of a dotted module path
+    ("features.3.conv.1" -> "features.3", "layer2.0.conv1" -> "layer2.0"), the first three of a
+    PyTorch-exported path ("/features/features.3/conv/Conv" -> "/features/features.3"), else the name."""
+    if node_name.startswith("/"):
+        return "/".join(node_name.split("/")[:3])
+    return ".".join(node_name.split(".")[:2])
 
 
 def _fix_symbolic_dims(model: Any) -> Any:

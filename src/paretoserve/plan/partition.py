@@ -188,9 +188,10 @@ def front(partitions: Sequence[Partition], mode: str = "pipelined") -> list[Part
 
 
 def best_throughput(partitions: Sequence[Partition], mode: str = "pipelined") -> Partition | None:
-    """The feasible candidate with the highest throughput in `mode` (lower latency breaks ties)."""
+    """The feasible candidate with the highest throughput in `mode` (lower latency, then lower energy
+    break ties, so it is on the front)."""
     feasible = [p for p in partitions if p.feasible]
-    return max(feasible, key=lambda p: (p.throughput(mode), -p.latency_s), default=None)
+    return max(feasible, key=lambda p: (p.throughput(mode), -p.latency_s, -p.energy(mode)), default=None)
 
 
 def sensitivity(graph: DnnGraph, devices: Sequence[DeviceSpec], links: Sequence[LinkProfile],

@@ -84,8 +84,9 @@ def _measurements(path: Path) -> dict[tuple[int, str], tuple[float, float]]:
 
 
 def check_paretopipe(path: str | Path, *, fit_block: int = 8, device: str = "raspberry_pi_4",
-                     link: str = "gbe") -> EdgeCheck:
-    """Fit the compute efficiency on `fit_block`'s pipelined row and predict the rest."""
+                     link: str = "gbe", efficiency: float | None = None) -> EdgeCheck:
+    """Fit the compute efficiency on `fit_block`'s pipelined row and predict the rest (or, with
+    `efficiency`, predict every row at that fraction of peak: the datasheet baseline)."""
     measured = _measurements(Path(path))
     if (fit_block, "pipelined") not in measured:
         raise UserError(f"no pipelined row for split block {fit_block}", file=str(path))
@@ -99,7 +100,8 @@ def check_paretopipe(path: str | Path, *, fit_block: int = 8, device: str = "ras
         return {int(p.splits[0].block.split(".")[1]): p for p in parts if p.splits[0].block.startswith("features.")}
 
     target = measured[(fit_block, "pipelined")][0]
-    efficiency = brentq(lambda e: by_block(e)[fit_block].throughput_pipelined - target, 1e-5, 1.0, xtol=1e-9)
+    if efficiency is None:
+        efficiency = brentq(lambda e: by_block(e)[fit_block].throughput_pipelined - target, 1e-5, 1.0, xtol=1e-9)
     predicted = by_block(efficiency)
     costs = graph_costs(graph)
     index = {int(p.splits[0].block.split(".")[1]): p.splits[0].index for p in predicted.values()}

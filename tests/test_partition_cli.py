@@ -84,3 +84,14 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     start = dom.index('id="partition"')
     assert 'class="main-svg"' in dom[start:]
     assert "Pareto front at the median link" in dom and "Sensitivity to the link" in dom
+
+
+def test_an_llm_partition_and_an_unknown_model(tmp_path: Path) -> None:
+    out = tmp_path / "llm"
+    result = invoke("partition", "--model", "Qwen3-0.6B", "--devices", "l4,a10g", "--links", "gbe",
+                    "--phase", "decode", "--batch", "16", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["kind"] == "llm" and config["sample"] == "token" and config["candidates"] == 29 * 2
+    bad = invoke("partition", "--model", "no-such-model", "--devices", "l4", "--out", str(tmp_path / "x"))
+    assert bad.exit_code == 2 and "unknown model" in bad.output and "mobilenetv2" in bad.output

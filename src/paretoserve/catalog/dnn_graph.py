@@ -105,6 +105,14 @@ class DnnGraph:
         return [tuple(c) for c in cuts]
 
 
+def is_dnn(name_or_path: str) -> bool:
+    """True for a bundled graph name or a path ending in .onnx (what `load_graph` reads)."""
+    from paretoserve.catalog.dnn_zoo import BUNDLED
+
+    text = str(name_or_path).strip()
+    return text.lower().replace("-", "_") in BUNDLED or text.lower().endswith(".onnx")
+
+
 def load_graph(name_or_path: str) -> DnnGraph:
     """The bundled graph `name_or_path` or the ONNX file at that path (UserError otherwise)."""
     import onnx

@@ -24,12 +24,16 @@ def _words(text: str) -> tuple[str, ...]:
 @app.command("partition")
 def partition_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Bundled graph (mobilenetv2, mobilenetv2_cifar10, "
-                              "resnet18, resnet50, vit_tiny) or a path to an .onnx file."),
+                              "resnet18, resnet50, vit_tiny), an .onnx file, or an LLM (bundled name or "
+                              "config.json) split by layers."),
     devices: str = typer.Option(..., "--devices", "-d", help="Devices of the chain, e.g. pi5,pi5,jetson_orin_nx."),
     links: str = typer.Option("gbe", "--links", "-l", help="Links between adjacent devices (one for all, or "
                               "one per pair): gbe, wifi5, wifi6, 5g, a link .yaml, or BANDWIDTH@LATENCY such as "
                               "100Mbps@2ms."),
-    batch: int = typer.Option(8, "--batch", "-b", min=1, help="Samples per batch."),
+    batch: int = typer.Option(8, "--batch", "-b", min=1, help="Samples per batch (images; LLM: sequences)."),
+    phase: str = typer.Option("prefill", "--phase", help="LLM only: partition a prefill or a decode step."),
+    tokens: int = typer.Option(1024, "--tokens", min=1, help="LLM only: prompt tokens (prefill) or context (decode) "
+                               "per sequence."),
     in_flight: int = typer.Option(3, "--in-flight", min=1, help="Batches in the pipeline at once (pipelined)."),
     mode: str = typer.Option("pipelined", "--mode", help="Front of pipelined or sequential execution."),
     cuts: str = typer.Option("blocks", "--cuts", help="Split points: blocks (between top-level blocks) or "
@@ -46,7 +50,7 @@ def partition_cmd(
 
     request = PartitionRequest(model=model, devices=_words(devices), links=_words(links), batch=batch,
                                in_flight=in_flight, mode=mode, cuts=cuts, efficiency=efficiency,
-                               fixed_order=fixed_order)
+                               fixed_order=fixed_order, phase=phase, tokens=tokens)
     inputs = [model, *request.links]
     claim_folder(out, OUT_COMMAND, inputs=inputs)
     result = run_partition(request)
@@ -62,10 +66,11 @@ def _print(result: PartitionResult) -> None:
     front = result.fronts["p50"]
     knee, best = result.knee(), result.best()
     table = compact_table(f"Pareto front, {mode}, median link ({len(front)} of {len(result.by_scenario['p50'])} "
-                          f"partitions of {result.graph.name}, batch {result.request.batch}) — estimated")
+                          f"partitions of {result.stage_chain.name}, batch {result.request.batch}) — estimated")
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("devices @ first block of the next stage")
-    for col in ("latency\nms", "samples\n/s", "mJ/\nsample", "speed-up\nvs seq", ""):
+    sample = result.model_info["sample"]
+    for col in ("latency\nms", f"{sample}s\n/s", f"mJ/\n{sample}", "speed-up\nvs seq", ""):
         table.add_column(col, justify="right", no_wrap=True)
     for i, p in enumerate(front[:25], 1):
         marks = " ".join(m for m, on in (("best", p is best), ("knee", p is knee)) if on)
@@ -76,5 +81,5 @@ def _print(result: PartitionResult) -> None:
     for scenario in ("p10", "p50", "p90"):
         b = result.best(scenario)
         if b is not None:
-            console.print(f"link {scenario}: best throughput {b.throughput(mode):,.2f}/s with {b.label}",
+            console.print(f"link {scenario}: best throughput {b.throughput(mode):,.2f} {sample}s/s with {b.label}",
                           highlight=False)

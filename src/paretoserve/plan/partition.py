@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +99,48 @@ def split_points(graph: DnnGraph, cuts: str = "blocks") -> list[SplitPoint]:
     return points
 
 
+@dataclass(frozen=True)
+class StageChain:
+    """What the partitioner needs of a model: `units` pieces in execution order, where it may be cut,
+    and per device the seconds of each piece for one batch of `samples`.
+
+    Attributes:
+        name: model name.
+        samples: samples per batch (images, or sequences / tokens of an LLM step).
+        points: allowed cuts; `bytes_per_sample` × `samples` crosses the link.
+        param_bytes: per unit, bytes of weights the unit's device must hold.
+        activation_bytes: per unit, bytes of activations of the whole batch (memory check).
+        unit_seconds: device -> per-unit seconds for the batch.
+    """
+
+    name: str
+    samples: int
+    points: list[SplitPoint]
+    param_bytes: np.ndarray
+    activation_bytes: np.ndarray
+    unit_seconds: Callable[[DeviceSpec], np.ndarray]
+
+    @property
+    def units(self) -> int:
+        """Number of pieces."""
+        return len(self.param_bytes)
+
+
+def dnn_chain(graph: DnnGraph, *, batch: int = 1, cuts: str = "blocks",
+              efficiency: Efficiency | None = None) -> StageChain:
+    """A DNN graph's nodes as a chain: per-node roofline seconds for `batch` samples."""
+    if batch < 1:
+        raise UserError("batch must be >= 1", field="batch")
+    costs = graph_costs(graph)
+    eff = efficiency or Efficiency()
+
+    def seconds(device: DeviceSpec) -> np.ndarray:
+        return np.array([node_seconds(c, device, batch=batch, eff=eff) for c in costs])
+
+    return StageChain(graph.name, batch, split_points(graph, cuts), np.array([c.param_bytes for c in costs]),
+                      np.array([c.activation_bytes for c in costs]) * batch, seconds)
+
+
 def device_orders(devices: Sequence[DeviceSpec]) -> list[tuple[int, ...]]:
     """Distinct orders of the devices (permutations of indices, identical devices not repeated)."""
     seen, orders = set(), []
@@ -110,35 +152,34 @@ def device_orders(devices: Sequence[DeviceSpec]) -> list[tuple[int, ...]]:
     return orders
 
 
-def evaluate_partitions(graph: DnnGraph, devices: Sequence[DeviceSpec], links: Sequence[LinkProfile], *,
-                        batch: int = 1, in_flight: int = 3, scenario: Scenario = "p50", cuts: str = "blocks",
+def evaluate_partitions(graph: DnnGraph | StageChain, devices: Sequence[DeviceSpec], links: Sequence[LinkProfile],
+                        *, batch: int = 1, in_flight: int = 3, scenario: Scenario = "p50", cuts: str = "blocks",
                         efficiency: Efficiency | None = None, fixed_order: bool = False) -> list[Partition]:
-    """Every contiguous partition of `graph` over all of `devices` (in every distinct order unless
+    """Every contiguous partition of `graph` (a DNN, costed by `dnn_chain` with `batch`, `cuts` and
+    `efficiency`; or a prepared `StageChain`) over all of `devices` (in every distinct order unless
     `fixed_order`), linked in chain order by `links` (one per adjacent pair)."""
+    chain = graph if isinstance(graph, StageChain) else dnn_chain(graph, batch=batch, cuts=cuts,
+                                                                   efficiency=efficiency)
     stages = len(devices)
     if stages < 1 or len(links) != stages - 1:
         raise UserError(f"{stages} device(s) need {max(stages - 1, 0)} link(s), got {len(links)}", field="links")
-    if batch < 1 or in_flight < 1:
-        raise UserError("batch and in-flight batches must be >= 1")
-    points = split_points(graph, cuts)
+    if in_flight < 1:
+        raise UserError("in-flight batches must be >= 1", field="in-flight")
+    points = chain.points
     if len(points) < stages - 1:
-        raise UserError(f"{graph.name} has {len(points)} split point(s) ({cuts}); {stages} devices need "
+        raise UserError(f"{chain.name} has {len(points)} split point(s); {stages} devices need "
                         f"{stages - 1}: give fewer devices or --cuts layers")
     orders = [tuple(range(stages))] if fixed_order else device_orders(devices)
     count = math.comb(len(points), stages - 1) * len(orders)
     if count > MAX_CANDIDATES:
         raise UserError(f"{count:,} candidate partitions (more than {MAX_CANDIDATES:,}): give fewer devices "
                         "or --cuts blocks")
-    costs = graph_costs(graph)
-    eff = efficiency or Efficiency()
-    n = len(costs)
-    # Prefix sums per device: compute seconds of nodes [0, k) for a batch, parameter bytes, largest activation.
-    prefix = {}
-    for d in {d.name: d for d in devices}.values():
-        seconds = np.array([node_seconds(c, d, batch=batch, eff=eff) for c in costs])
-        prefix[d.name] = np.concatenate([[0.0], np.cumsum(seconds)])
-    param_prefix = np.concatenate([[0.0], np.cumsum([c.param_bytes for c in costs])])
-    act_peak = np.array([c.activation_bytes for c in costs]) * batch
+    n, samples = chain.units, chain.samples
+    # Prefix sums per device: compute seconds of units [0, k) for a batch; parameter bytes.
+    prefix = {d.name: np.concatenate([[0.0], np.cumsum(chain.unit_seconds(d))])
+              for d in {d.name: d for d in devices}.values()}
+    param_prefix = np.concatenate([[0.0], np.cumsum(chain.param_bytes)])
+    act_peak = chain.activation_bytes
     combos = list(itertools.combinations(points, stages - 1))
     rows: list[tuple[tuple[int, ...], tuple[SplitPoint, ...]]] = [(o, s) for o in orders for s in combos]
     resources = 2 * stages - 1
@@ -155,20 +196,21 @@ def evaluate_partitions(graph: DnnGraph, devices: Sequence[DeviceSpec], links: S
             feasible[i] &= memory <= device.mem_capacity
             if s < stages - 1:
                 bandwidth, latency = link_cost[s]
-                times[i, 2 * s + 1] = latency + batch * splits[s].bytes_per_sample / bandwidth
+                times[i, 2 * s + 1] = latency + samples * splits[s].bytes_per_sample / bandwidth
     tiled = np.repeat(times[:, None, :], SIM_BATCHES, axis=1)
     pipelined = simulate_pipelines(tiled, in_flight).period_s
     sequential = simulate_pipelines(tiled, 1).period_s
     results = []
     for i, (order, splits) in enumerate(rows):
-        chain = [devices[j] for j in order]
+        chain_devices = [devices[j] for j in order]
         busy = times[i, 0::2]
         results.append(Partition(
-            devices=tuple(d.name for d in chain), splits=splits, stage_s=tuple(busy.tolist()),
+            devices=tuple(d.name for d in chain_devices), splits=splits, stage_s=tuple(busy.tolist()),
             transfer_s=tuple(times[i, 1::2].tolist()), latency_s=float(times[i].sum()),
-            throughput_pipelined=batch / float(pipelined[i]), throughput_sequential=batch / float(sequential[i]),
-            energy_j_pipelined=_energy(chain, busy, float(pipelined[i])) / batch,
-            energy_j_sequential=_energy(chain, busy, float(sequential[i])) / batch,
+            throughput_pipelined=samples / float(pipelined[i]),
+            throughput_sequential=samples / float(sequential[i]),
+            energy_j_pipelined=_energy(chain_devices, busy, float(pipelined[i])) / samples,
+            energy_j_sequential=_energy(chain_devices, busy, float(sequential[i])) / samples,
             feasible=bool(feasible[i])))
     return results
 
@@ -194,7 +236,7 @@ def best_throughput(partitions: Sequence[Partition], mode: str = "pipelined") ->
     return max(feasible, key=lambda p: (p.throughput(mode), -p.latency_s, -p.energy(mode)), default=None)
 
 
-def sensitivity(graph: DnnGraph, devices: Sequence[DeviceSpec], links: Sequence[LinkProfile],
+def sensitivity(graph: DnnGraph | StageChain, devices: Sequence[DeviceSpec], links: Sequence[LinkProfile],
                 **options: object) -> dict[str, list[Partition]]:
     """The candidates under each link scenario (p10 / p50 / p90 bandwidth), by scenario."""
     return {s: evaluate_partitions(graph, devices, links, scenario=s, **options) for s in SCENARIOS}

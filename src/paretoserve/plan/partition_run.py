@@ -1,5 +1,9 @@
 """`paretoserve partition` as a library call: resolve the inputs, search every scenario, write the files.
 
+`--model` is a DNN (a bundled graph or an .onnx file, `catalog.dnn_graph`) or an LLM (a bundled
+model or a config.json, `catalog.model`) split by layers for one prefill or decode step
+(`plan.partition_llm`).
+
 The run folder holds `front.csv` (the median-link front, split points named by layer),
 `candidates.csv` (every candidate at the median link), `sensitivity.csv` (per link scenario p10 /
 p50 / p90: the best-throughput and knee splits and the front's size) and `config.yaml`.
@@ -16,13 +20,13 @@ import yaml
 
 from paretoserve.atomic import write_text_atomic
 from paretoserve.catalog.device import DeviceSpec, load_device
-from paretoserve.catalog.dnn_graph import DnnGraph, load_graph
+from paretoserve.catalog.dnn_graph import is_dnn, load_graph
 from paretoserve.catalog.links import SCENARIOS, LinkProfile, load_link
 from paretoserve.errors import UserError
 from paretoserve.perf.dnn_cost import graph_costs, unknown_ops
 from paretoserve.perf.roofline import Efficiency
 from paretoserve.plan.pareto import knee_index
-from paretoserve.plan.partition import Partition, best_throughput, front, sensitivity
+from paretoserve.plan.partition import Partition, StageChain, best_throughput, dnn_chain, front, sensitivity
 
 FRONT_COLUMNS = ("rank", "devices", "splits", "split_after_layers", "latency_ms", "throughput_per_s",
                  "energy_mj_per_sample", "sequential_throughput_per_s", "pipeline_speedup", "stage_ms",
@@ -42,6 +46,8 @@ class PartitionRequest:
     cuts: str = "blocks"
     efficiency: float = Efficiency().gemm
     fixed_order: bool = False
+    phase: str = "prefill"
+    tokens: int = 1024
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ class PartitionResult:
     """Candidates per link scenario, the median front, its knee and best-throughput members."""
 
     request: PartitionRequest
-    graph: DnnGraph
+    stage_chain: StageChain
+    model_info: dict[str, object]
     chain: tuple[DeviceSpec, ...]
     link_profiles: tuple[LinkProfile, ...]
     by_scenario: dict[str, list[Partition]]
@@ -75,7 +82,7 @@ def run_partition(request: PartitionRequest) -> PartitionResult:
         raise UserError(f"--efficiency {request.efficiency:g}: expected a fraction of peak in (0, 1]")
     if not request.devices:
         raise UserError("--devices: give at least one device, e.g. pi5,pi5,jetson_orin_nx", field="devices")
-    graph = load_graph(request.model)
+    stage_chain, info = _model_chain(request)
     chain = tuple(load_device(d) for d in request.devices)
     links = request.links
     if len(chain) > 1 and len(links) == 1:
@@ -84,11 +91,37 @@ def run_partition(request: PartitionRequest) -> PartitionResult:
         raise UserError(f"--links: {len(chain)} devices need {len(chain) - 1} link(s) (or one for all), "
                         f"got {len(request.links)}", field="links")
     profiles = tuple(load_link(link) for link in links)
-    by_scenario = sensitivity(graph, chain, profiles, batch=request.batch, in_flight=request.in_flight,
-                              cuts=request.cuts, efficiency=Efficiency(gemm=request.efficiency),
+    by_scenario = sensitivity(stage_chain, chain, profiles, in_flight=request.in_flight,
                               fixed_order=request.fixed_order)
     fronts = {s: front(parts, request.mode) for s, parts in by_scenario.items()}
-    return PartitionResult(request, graph, chain, profiles, by_scenario, fronts)
+    return PartitionResult(request, stage_chain, info, chain, profiles, by_scenario, fronts)
+
+
+def _model_chain(request: PartitionRequest) -> tuple[StageChain, dict[str, object]]:
+    """The stage chain of `request.model` and what config.yaml records about the model."""
+    efficiency = Efficiency(gemm=request.efficiency)
+    if is_dnn(request.model):
+        graph = load_graph(request.model)
+        costs = graph_costs(graph)
+        info = {"kind": "dnn", "source": graph.source, "units": len(graph.nodes),
+                "macs_per_sample": sum(c.macs for c in costs), "flops_per_sample": sum(c.flops for c in costs),
+                "param_bytes": graph.param_bytes(), "unknown_ops": unknown_ops(graph), "cuts": request.cuts,
+                "sample": "image"}
+        return dnn_chain(graph, batch=request.batch, cuts=request.cuts, efficiency=efficiency), info
+    from paretoserve.catalog.dnn_zoo import BUNDLED
+    from paretoserve.catalog.model import load_model
+    from paretoserve.plan.partition_llm import llm_chain
+
+    try:
+        model = load_model(request.model)
+    except UserError as exc:
+        raise UserError(f"{exc} (or a DNN graph: {', '.join(sorted(BUNDLED))}, or an .onnx file)") from None
+    chain = llm_chain(model, phase=request.phase, sequences=request.batch, tokens=request.tokens,
+                      efficiency=efficiency)
+    info = {"kind": "llm", "source": f"LLM {model.name} (datasheet roofline step model)", "units": chain.units,
+            "phase": request.phase, "tokens": request.tokens, "param_bytes": float(chain.param_bytes.sum()),
+            "sample": "sequence" if request.phase == "prefill" else "token"}
+    return chain, info
 
 
 def _ms(values: tuple[float, ...]) -> str:
@@ -129,15 +162,11 @@ def write_partition_outputs(result: PartitionResult, folder: Path) -> None:
     write_text_atomic(folder / "sensitivity.csv", _csv(
         ("link_scenario", "front_size", "best_throughput_split", "best_throughput_per_s", "knee_split",
          "knee_latency_ms"), sens))
-    costs = graph_costs(result.graph)
     r = result.request
     config = {
-        "command": "partition", "model": r.model, "graph_source": result.graph.source,
-        "nodes": len(result.graph.nodes), "macs_per_sample": sum(c.macs for c in costs),
-        "flops_per_sample": sum(c.flops for c in costs), "param_bytes": result.graph.param_bytes(),
-        "unknown_ops": unknown_ops(result.graph), "devices": list(r.devices),
+        "command": "partition", "model": r.model, **result.model_info, "devices": list(r.devices),
         "links": [link.name for link in result.link_profiles], "batch": r.batch, "in_flight": r.in_flight,
-        "mode": r.mode, "cuts": r.cuts, "compute_efficiency": r.efficiency, "fixed_order": r.fixed_order,
+        "mode": r.mode, "compute_efficiency": r.efficiency, "fixed_order": r.fixed_order,
         "candidates": len(result.by_scenario["p50"]),
         "link_scenarios": {"p10": "p10 bandwidth, p90 latency", "p50": "medians", "p90": "p90 bandwidth, p10 latency"},
         "estimated": True,

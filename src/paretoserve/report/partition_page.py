@@ -35,7 +35,8 @@ def _figure(result: PartitionResult) -> go.Figure:
                                  line={"color": _COLOURS[scenario], "shape": "hv"}, marker={"size": 8},
                                  hovertemplate="%{text}<br>%{x:,.1f} ms · %{y:,.2f}/s<extra></extra>"))
     fig.update_layout(template="plotly_white", height=560, xaxis_title="latency of one batch, ms",
-                      yaxis_title=f"throughput, samples/s ({mode})", margin={"l": 70, "r": 30, "t": 30, "b": 50},
+                      yaxis_title=f"throughput, {result.model_info['sample']}s/s ({mode})",
+                      margin={"l": 70, "r": 30, "t": 30, "b": 50},
                       legend={"orientation": "h", "y": -0.15})
     return fig
 
@@ -68,14 +69,15 @@ def partition_report(result: PartitionResult, out_path: str | Path) -> Path:
     """Write the page (plotly.js inline, so it opens offline) and return its path."""
     r = result.request
     links = ", ".join(f"{link.name} ({link.display_name})" for link in result.link_profiles) or "none"
-    what = (f"Every contiguous split of {result.graph.name} over {', '.join(r.devices)} "
-            f"({'in the order given' if r.fixed_order else 'in every device order'}), batch {r.batch}, "
+    what = (f"Every contiguous split of {result.stage_chain.name} over {', '.join(r.devices)} "
+            f"({'in the order given' if r.fixed_order else 'in every device order'}), batch {r.batch} "
+            f"({result.model_info['sample']}s), "
             f"{r.mode}{f' with {r.in_flight} batches in flight' if r.mode == 'pipelined' else ''}; stage times "
             f"from the roofline at {r.efficiency:.0%} of peak FLOP/s, transfers over the links' p10 / p50 / p90.")
-    inputs = [("model", result.graph.source), ("nodes", len(result.graph.nodes)),
+    inputs = [("model", result.model_info["source"]), ("units (nodes or layers)", result.model_info["units"]),
               ("devices", ", ".join(d.display_name for d in result.chain)), ("links", links),
               ("candidates", len(result.by_scenario["p50"]))]
-    return render_page("partition.html.j2", out_path, title=f"Where to split {result.graph.name}", badges=[True],
+    return render_page("partition.html.j2", out_path, title=f"Where to split {result.stage_chain.name}", badges=[True],
                        what=what, figure=figure_markup(_figure(result), "partition"),
                        front_note="Non-dominated on latency, throughput and energy per sample; stage and transfer "
                                   "times are per batch.", front_header=_FRONT_HEADER, front_rows=_front_rows(result),

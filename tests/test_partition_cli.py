@@ -92,6 +92,9 @@ def test_an_llm_partition_and_an_unknown_model(tmp_path: Path) -> None:
                     "--phase", "decode", "--batch", "16", "--out", str(out))
     assert result.exit_code == 0, result.output
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["kind"] == "llm" and config["sample"] == "token" and config["candidates"] == 29 * 2
+    # 29 cuts (after the embedding and each of 28 layers) × 2 orders, plus attention offload both ways.
+    assert config["kind"] == "llm" and config["sample"] == "token" and config["candidates"] == 29 * 2 + 2
+    kinds = {row["kind"] for row in csv.DictReader((out / "candidates.csv").open())}
+    assert kinds == {"pipeline", "attention offload"}
     bad = invoke("partition", "--model", "no-such-model", "--devices", "l4", "--out", str(tmp_path / "x"))
     assert bad.exit_code == 2 and "unknown model" in bad.output and "mobilenetv2" in bad.output

@@ -53,3 +53,29 @@ def test_mixed_layer_models_are_refused():
     mixed = next(m for m in ("Nemotron-H-56B-Base-8K", "gpt-oss-20b") if len(load_model(m).layer_groups) > 1)
     with pytest.raises(UserError, match="kinds of layers"):
         llm_chain(load_model(mixed))
+
+
+def test_attention_offload_by_hand():
+    """Llama-3.1-8B decode, 64 sequences at context 8192, attention + KV on H100, the rest on L40S, over
+    a 400 Gb/s, 5 µs link. Per layer the new tokens send Q, K, V up ((4096 + 2·8·128) × 2 B each) and
+    the attention output down (4096 × 2 B): up = 32 × 5 µs + 64 × 32 × 6144 × 2 / 5e10 s. Throughput
+    pipelined = 64 / max(dense, attention, up, down, latency / 3)."""
+    from paretoserve.plan.partition_llm import attention_offload
+
+    model = load_model("Meta-Llama-3.1-8B")
+    h100, l40s = load_device("h100_sxm"), load_device("l40s")
+    p = attention_offload(model, l40s, h100, load_link("400Gbps@5us"), phase="decode", sequences=64, tokens=8192)
+    shape = StepShape(decode=(8192,) * 64)
+    dense = sum(op.seconds for op in Roofline(model, l40s).step_time(shape).ops if not op.name.startswith("attn.")
+                or op.name.endswith("_proj"))
+    attention = sum(op.seconds for op in Roofline(model, h100).step_time(shape).ops
+                    if op.name in ("attn.prefill", "attn.decode"))
+    up = 32 * 5e-6 + 64 * 32 * 6144 * 2 / 5e10
+    down = 32 * 5e-6 + 64 * 32 * 4096 * 2 / 5e10
+    assert p.stage_s == pytest.approx((dense, attention))
+    assert p.transfer_s == pytest.approx((up, down))
+    latency = dense + attention + up + down
+    assert p.latency_s == pytest.approx(latency)
+    assert p.throughput_pipelined == pytest.approx(64 / max(dense, attention, up, down, latency / 3))
+    assert p.throughput_sequential == pytest.approx(64 / latency)
+    assert p.label == "attention+KV on h100_sxm, rest on l40s"

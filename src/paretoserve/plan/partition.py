@@ -67,6 +67,7 @@ class Partition:
     energy_j_pipelined: float
     energy_j_sequential: float
     feasible: bool
+    kind: str = "pipeline"
 
     def throughput(self, mode: str) -> float:
         """Samples/s in `mode` ("pipelined" or "sequential")."""
@@ -78,7 +79,10 @@ class Partition:
 
     @property
     def label(self) -> str:
-        """"pi5 | features.8 | pi5": devices with the first block of each following stage."""
+        """"pi5 @features.8 pi5": devices with the first block of each following stage ("attention on
+        B, rest on A" for an attention offload)."""
+        if self.kind == "attention offload":
+            return f"attention+KV on {self.devices[1]}, rest on {self.devices[0]}"
         parts = [self.devices[0]]
         for split, device in zip(self.splits, self.devices[1:], strict=True):
             parts += [f"@{split.block}", device]
@@ -209,13 +213,13 @@ def evaluate_partitions(graph: DnnGraph | StageChain, devices: Sequence[DeviceSp
             transfer_s=tuple(times[i, 1::2].tolist()), latency_s=float(times[i].sum()),
             throughput_pipelined=samples / float(pipelined[i]),
             throughput_sequential=samples / float(sequential[i]),
-            energy_j_pipelined=_energy(chain_devices, busy, float(pipelined[i])) / samples,
-            energy_j_sequential=_energy(chain_devices, busy, float(sequential[i])) / samples,
+            energy_j_pipelined=chain_energy(chain_devices, busy, float(pipelined[i])) / samples,
+            energy_j_sequential=chain_energy(chain_devices, busy, float(sequential[i])) / samples,
             feasible=bool(feasible[i])))
     return results
 
 
-def _energy(chain: Sequence[DeviceSpec], busy: np.ndarray, period_s: float) -> float:
+def chain_energy(chain: Sequence[DeviceSpec], busy: np.ndarray, period_s: float) -> float:
     """Joules all devices of a chain draw over one period in which device s computes busy[s] seconds."""
     return sum(device_joules(d, float(b), period_s) for d, b in zip(chain, busy, strict=True))
 

@@ -22,13 +22,14 @@ from paretoserve.atomic import write_text_atomic
 from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.dnn_graph import is_dnn, load_graph
 from paretoserve.catalog.links import SCENARIOS, LinkProfile, load_link
+from paretoserve.catalog.model import ModelSpec
 from paretoserve.errors import UserError
 from paretoserve.perf.dnn_cost import graph_costs, unknown_ops
 from paretoserve.perf.roofline import Efficiency
 from paretoserve.plan.pareto import knee_index
 from paretoserve.plan.partition import Partition, StageChain, best_throughput, dnn_chain, front, sensitivity
 
-FRONT_COLUMNS = ("rank", "devices", "splits", "split_after_layers", "latency_ms", "throughput_per_s",
+FRONT_COLUMNS = ("rank", "kind", "label", "devices", "splits", "split_after_layers", "latency_ms", "throughput_per_s",
                  "energy_mj_per_sample", "sequential_throughput_per_s", "pipeline_speedup", "stage_ms",
                  "transfer_ms", "transfer_kb_per_sample", "knee", "best_throughput")
 
@@ -82,7 +83,7 @@ def run_partition(request: PartitionRequest) -> PartitionResult:
         raise UserError(f"--efficiency {request.efficiency:g}: expected a fraction of peak in (0, 1]")
     if not request.devices:
         raise UserError("--devices: give at least one device, e.g. pi5,pi5,jetson_orin_nx", field="devices")
-    stage_chain, info = _model_chain(request)
+    stage_chain, info, model = _model_chain(request)
     chain = tuple(load_device(d) for d in request.devices)
     links = request.links
     if len(chain) > 1 and len(links) == 1:
@@ -93,12 +94,28 @@ def run_partition(request: PartitionRequest) -> PartitionResult:
     profiles = tuple(load_link(link) for link in links)
     by_scenario = sensitivity(stage_chain, chain, profiles, in_flight=request.in_flight,
                               fixed_order=request.fixed_order)
+    if model is not None and len(chain) == 2 and chain[0].name != chain[1].name:
+        _add_attention_offload(by_scenario, model, chain, profiles[0], request)
     fronts = {s: front(parts, request.mode) for s, parts in by_scenario.items()}
     return PartitionResult(request, stage_chain, info, chain, profiles, by_scenario, fronts)
 
 
-def _model_chain(request: PartitionRequest) -> tuple[StageChain, dict[str, object]]:
-    """The stage chain of `request.model` and what config.yaml records about the model."""
+def _add_attention_offload(by_scenario: dict[str, list[Partition]], model: ModelSpec,
+                           chain: tuple[DeviceSpec, ...], link: LinkProfile, request: PartitionRequest) -> None:
+    """Two device types: also attention + KV on either one and the rest on the other, per scenario."""
+    from paretoserve.plan.partition_llm import attention_offload
+
+    if {layer.attention.kind for layer, _ in model.layer_groups} != {"gqa"}:
+        return
+    orders = [(0, 1)] if request.fixed_order else [(0, 1), (1, 0)]
+    for scenario, parts in by_scenario.items():
+        parts += [attention_offload(model, chain[a], chain[b], link, phase=request.phase, sequences=request.batch,
+                                    tokens=request.tokens, in_flight=request.in_flight, scenario=scenario,
+                                    efficiency=Efficiency(gemm=request.efficiency)) for a, b in orders]
+
+
+def _model_chain(request: PartitionRequest) -> tuple[StageChain, dict[str, object], ModelSpec | None]:
+    """The stage chain of `request.model`, what config.yaml records about it, and the LLM (None for a DNN)."""
     efficiency = Efficiency(gemm=request.efficiency)
     if is_dnn(request.model):
         graph = load_graph(request.model)
@@ -107,7 +124,7 @@ def _model_chain(request: PartitionRequest) -> tuple[StageChain, dict[str, objec
                 "macs_per_sample": sum(c.macs for c in costs), "flops_per_sample": sum(c.flops for c in costs),
                 "param_bytes": graph.param_bytes(), "unknown_ops": unknown_ops(graph), "cuts": request.cuts,
                 "sample": "image"}
-        return dnn_chain(graph, batch=request.batch, cuts=request.cuts, efficiency=efficiency), info
+        return dnn_chain(graph, batch=request.batch, cuts=request.cuts, efficiency=efficiency), info, None
     from paretoserve.catalog.dnn_zoo import BUNDLED
     from paretoserve.catalog.model import load_model
     from paretoserve.plan.partition_llm import llm_chain
@@ -121,7 +138,7 @@ def _model_chain(request: PartitionRequest) -> tuple[StageChain, dict[str, objec
     info = {"kind": "llm", "source": f"LLM {model.name} (datasheet roofline step model)", "units": chain.units,
             "phase": request.phase, "tokens": request.tokens, "param_bytes": float(chain.param_bytes.sum()),
             "sample": "sequence" if request.phase == "prefill" else "token"}
-    return chain, info
+    return chain, info, model
 
 
 def _ms(values: tuple[float, ...]) -> str:
@@ -129,7 +146,8 @@ def _ms(values: tuple[float, ...]) -> str:
 
 
 def _row(p: Partition, rank: int | str, mode: str, *, knee: bool, best: bool) -> list[object]:
-    return [rank, ";".join(p.devices), ";".join(s.block for s in p.splits), ";".join(s.after for s in p.splits),
+    return [rank, p.kind, p.label, ";".join(p.devices), ";".join(s.block for s in p.splits),
+            ";".join(s.after for s in p.splits),
             f"{p.latency_s * 1e3:.6g}", f"{p.throughput(mode):.6g}", f"{p.energy(mode) * 1e3:.6g}",
             f"{p.throughput_sequential:.6g}", f"{p.throughput_pipelined / p.throughput_sequential:.4g}",
             _ms(p.stage_s), _ms(p.transfer_s), ";".join(f"{s.bytes_per_sample / 1e3:.4g}" for s in p.splits),

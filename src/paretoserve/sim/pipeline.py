@@ -51,3 +51,13 @@ def simulate_pipelines(times: np.ndarray, in_flight: int) -> PipelineRun:
     h = n // 2
     return PipelineRun(period_s=(last[n - 1] - last[h - 1]) / (n - h), makespan_s=last[n - 1])
 
+
+
+def loop_period(busy_s: np.ndarray, latency_s: float, in_flight: int) -> float:
+    """Steady-state seconds per batch of a route that visits resources repeatedly (attention offload:
+    dense device, link, attention device, link, once per layer) with `in_flight` batches in the loop:
+    max(busiest resource's seconds per batch, latency / in_flight), the same bound the linear chain
+    above reaches with constant times."""
+    if in_flight < 1:
+        raise ValueError("in_flight must be >= 1")
+    return max(float(np.max(busy_s)), latency_s / in_flight)

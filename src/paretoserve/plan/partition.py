@@ -37,8 +37,8 @@ from paretoserve.plan.pareto import pareto_mask
 from paretoserve.sim.energy import device_joules
 from paretoserve.sim.pipeline import simulate_pipelines
 
-#: Most candidates one search evaluates (pipelines are simulated together in memory).
-MAX_CANDIDATES = 200_000
+#: Most candidates one search evaluates (pipelines are simulated together in memory, ~200 MB at most).
+MAX_CANDIDATES = 100_000
 #: Batches simulated per candidate (the period is measured over the second half).
 SIM_BATCHES = 24
 

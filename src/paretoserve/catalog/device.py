@@ -88,6 +88,9 @@ _ALIASES: dict[str, str] = {
     "jetsonagxorin": "jetson_agx_orin_64gb", "agxorin": "jetson_agx_orin_64gb",
     "orin": "jetson_agx_orin_64gb", "jetson": "jetson_agx_orin_64gb",
     "m4max": "apple_m4_max",
+    "pi4": "raspberry_pi_4", "rpi4": "raspberry_pi_4", "pi5": "raspberry_pi_5", "rpi5": "raspberry_pi_5",
+    "orinnano": "jetson_orin_nano_8gb", "jetsonorinnano": "jetson_orin_nano_8gb",
+    "orinnx": "jetson_orin_nx_16gb", "jetsonorinnx": "jetson_orin_nx_16gb", "jetsonagx": "jetson_agx_orin_64gb",
     "cpu": _LOCAL_CPU, "local": _LOCAL_CPU,
 }
 _VENDOR_PREFIXES = ("nvidia", "amd", "instinct", "geforce", "apple")

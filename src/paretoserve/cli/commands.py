@@ -5,6 +5,7 @@ from paretoserve.cli import (  # noqa: F401
     calibrate_cmd,
     catalog_cmd,
     estimate_cmd,
+    partition_cmd,
     plan_cmd,
     profile_cmd,
     report_cmd,

@@ -18,14 +18,18 @@ ACTIVITY_NOTE = ("estimate: busy power = idle + (max - idle) x activity; Splitwi
                  "of ~0.74 of peak power for Llama-2-70B serving (splitwise_perf_model.csv)")
 
 
+def device_joules(device: DeviceSpec, busy_s: float, duration_s: float,
+                  activity: float = DEFAULT_ACTIVITY) -> float:
+    """Joules one device draws over `duration_s` seconds of which it computes `busy_s` (capped)."""
+    busy = min(busy_s, duration_s)
+    busy_w = device.power_idle + (device.power_max - device.power_idle) * activity
+    return busy * busy_w + (duration_s - busy) * device.power_idle
+
+
 def energy_joules(stats: SimStats, device: DeviceSpec, activity: float = DEFAULT_ACTIVITY) -> float:
     """Joules drawn by all replicas' devices from t = 0 to the end of the run."""
-    busy_w = device.power_idle + (device.power_max - device.power_idle) * activity
-    total = 0.0
-    for replica in stats.replicas:
-        busy = min(replica.busy_s, stats.duration_s)
-        total += replica.engine.devices * (busy * busy_w + (stats.duration_s - busy) * device.power_idle)
-    return total
+    return sum(replica.engine.devices * device_joules(device, replica.busy_s, stats.duration_s, activity)
+               for replica in stats.replicas)
 
 
 def cost_usd(stats: SimStats, device: DeviceSpec) -> float:

@@ -11,7 +11,7 @@ from paretoserve.bench.client import ClientConfig
 from paretoserve.bench.eventloop import dumps, loads
 from paretoserve.bench.eventloop import run as run_loop
 from paretoserve.bench.fakeserver import FakeServer, FakeServerConfig
-from paretoserve.bench.loadgen import Job, LoadShape, run_load
+from paretoserve.bench.loadgen import Job, LoadShape
 from paretoserve.bench.prompts import Prompt
 from paretoserve.bench.runner import BenchSpec, run_bench
 from paretoserve.bench.workers import run_load_workers, split
@@ -84,7 +84,8 @@ def _record(i: int, lag: float, slot_wait: float | None = None) -> RequestRecord
 
 def test_send_lag_excludes_slot_waits_and_flags_a_client_that_fell_behind() -> None:
     """Hand example: lags 1..100 ms, of which 99 ms of the last one was waiting for a slot; the
-    client's own lags are then 1..99 ms and 1 ms; sorted, p99 sits at rank 99 × 0.99 = 98.01, between 98 and 99 ms: 98.01 ms > the bound."""
+    client's own lags are then 1..99 ms and 1 ms; sorted, p99 sits at rank 99 × 0.99 = 98.01,
+    between 98 and 99 ms: 98.01 ms, above the bound."""
     records = [_record(i, (i + 1) * 1e-3) for i in range(99)] + [_record(99, 0.100, slot_wait=0.099)]
     summary = summarize(records)
     assert summary.send_lag is not None

@@ -10,8 +10,8 @@ single-process run. Workers send their records back in batches every `BATCH_S` s
 hot path of each request); the parent hands each to `on_record` in the order received. The
 records, their schema and the summary are exactly those of a single-process run.
 
-On Ctrl-C every process receives SIGINT (a cancelled run sends it to the workers itself): workers record their requests in flight as
-`interrupted`, send what they hold and end; the parent collects those records (for at most
+On Ctrl-C every process receives SIGINT (a cancelled run sends it to the workers itself):
+workers record their requests in flight as `interrupted`, send what they hold and end; the parent collects those records (for at most
 `DRAIN_S`) before re-raising, so a partial run loses nothing that finished.
 """
 

@@ -11,8 +11,9 @@ hot path of each request); the parent hands each to `on_record` in the order rec
 records, their schema and the summary are exactly those of a single-process run.
 
 On Ctrl-C every process receives SIGINT (a cancelled run sends it to the workers itself):
-workers record their requests in flight as `interrupted`, send what they hold and end; the parent collects those records (for at most
-`DRAIN_S`) before re-raising, so a partial run loses nothing that finished.
+workers record their requests in flight as `interrupted`, send what they hold and end; the
+parent collects those records (for at most `DRAIN_S`) before re-raising, so a partial run loses
+nothing that finished.
 """
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ seconds after the previous one adds k gaps of g / k, so `len(itl_s) == streamed 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from typing import Literal
 
 import aiohttp
 
+from paretoserve.bench.eventloop import dumps, loads
 from paretoserve.metrics.records import RequestRecord
 
 Endpoint = Literal["completions", "chat"]
@@ -232,7 +232,7 @@ class _StreamState:
             self.done = True
             return
         try:
-            obj = json.loads(payload)
+            obj = loads(payload)
         except ValueError:
             obj = self._split_lines(payload, now)
             if obj is None:
@@ -248,7 +248,7 @@ class _StreamState:
         if b"\n" not in payload:
             return None
         try:
-            objs = [json.loads(line) for line in payload.split(b"\n") if line and line != b"[DONE]"]
+            objs = [loads(line) for line in payload.split(b"\n") if line and line != b"[DONE]"]
         except ValueError:
             return None
         if not all(isinstance(o, dict) for o in objs):
@@ -300,7 +300,7 @@ class _StreamState:
 def _http_error_message(body: bytes) -> str:
     """The most useful line of an HTTP error body."""
     try:
-        obj = json.loads(body)
+        obj = loads(body)
     except ValueError:
         return body.decode("utf-8", "replace") or "(empty body)"
     if isinstance(obj, dict):
@@ -318,7 +318,7 @@ async def stream_request(session: aiohttp.ClientSession, config: ClientConfig, p
     Pass `result` to keep what was recorded when the request is cancelled (Ctrl-C): it is then
     marked `interrupted` and the cancellation is re-raised.
     """
-    content = json.dumps(build_body(config, prompt, max_tokens)).encode()
+    content = dumps(build_body(config, prompt, max_tokens))
     if result is None:
         result = StreamResult(start_s=0.0)
     result.start_s = time.monotonic()

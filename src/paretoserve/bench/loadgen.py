@@ -14,7 +14,14 @@ Load shapes (`LoadShape`):
 
 Each record's `arrival_s` is when the request was actually sent (seconds from the run start), and
 `extra.lag_s` is how late that was against its scheduled arrival (open loop), so a client that
-cannot keep up is visible. Records go to `on_record` as soon as each request completes or fails;
+cannot keep up is visible. With a cap, `extra.slot_wait_s` is the part of that lag spent waiting
+for a free slot (the server's doing, not the client's); the rest is the client's own send lag.
+
+Timing: each send wakes `SPIN_S` before its due time on the loop's timer (whose resolution is
+about a millisecond) and then yields to the loop until the due time, so sends are not late by the
+timer's rounding while responses keep being read. Before the first send the garbage collector
+collects once and freezes what exists (the prepared jobs), so collections during the run only
+scan what the run itself creates. Records go to `on_record` as soon as each request completes or fails;
 when the run is cancelled (Ctrl-C), requests in flight are recorded as `interrupted` first.
 
 Sweep (`SweepCriterion`): rates rise geometrically from a start rate; after each step the sweep
@@ -31,6 +38,7 @@ stops when the server is saturated, i.e. the first of
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
 from collections import deque
@@ -43,6 +51,9 @@ from paretoserve.bench.client import ClientConfig, StreamResult, make_session, s
 from paretoserve.bench.prompts import Prompt
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.workload.request import Request
+
+#: How long before a send's due time the open loop stops sleeping and starts yielding (s).
+SPIN_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,71 +142,94 @@ class LiveStats:
 
 
 async def run_load(jobs: Sequence[Job], config: ClientConfig, shape: LoadShape,
-                   on_record: Callable[[RequestRecord], None], *, stats: LiveStats | None = None) -> float:
+                   on_record: Callable[[RequestRecord], None], *, stats: LiveStats | None = None,
+                   t0_s: float | None = None) -> float:
     """Send `jobs` (sorted by arrival for the open loop) with `shape`; returns the run start on the
-    monotonic clock (seconds), the zero of every record's times.
+    monotonic clock (seconds), the zero of every record's times and arrivals: `t0_s` when given
+    (e.g. shared by several worker processes; the first send waits for it), else now.
 
     Every request sent produces exactly one `on_record` call, also when cancelled.
     """
     limit = asyncio.Semaphore(shape.concurrency) if shape.concurrency else None
     pending: set[asyncio.Task[None]] = set()
-    async with make_session(config, shape.concurrency) as session:
-        t0 = time.monotonic()
-        deadline = None if shape.duration_s is None else t0 + shape.duration_s
+    gc.collect()
+    gc.freeze()
+    try:
+        async with make_session(config, shape.concurrency) as session:
+            t0 = time.monotonic() if t0_s is None else t0_s
+            await _until(t0)
+            deadline = None if shape.duration_s is None else t0 + shape.duration_s
 
-        async def one(job: Job, due_s: float | None) -> None:
-            result = StreamResult(start_s=time.monotonic())
-            try:
-                await stream_request(session, config, job.prompt.text, job.max_tokens, result)
-            finally:
-                extra = None if due_s is None else {"lag_s": round(result.start_s - due_s, 7)}
-                record = to_record(job.request.request_id, result, t0_s=t0, prompt_tokens=job.prompt.tokens,
-                                   max_tokens=job.max_tokens, extra=extra)
-                on_record(record)
+            async def one(job: Job, due_s: float | None, slot_wait_s: float | None) -> None:
+                result = StreamResult(start_s=time.monotonic())
+                try:
+                    await stream_request(session, config, job.prompt.text, job.max_tokens, result)
+                finally:
+                    extra: dict[str, object] | None = None
+                    if due_s is not None:
+                        extra = {"lag_s": round(result.start_s - due_s, 7)}
+                        if slot_wait_s is not None:
+                            extra["slot_wait_s"] = round(slot_wait_s, 7)
+                    record = to_record(job.request.request_id, result, t0_s=t0,
+                                       prompt_tokens=job.prompt.tokens, max_tokens=job.max_tokens, extra=extra)
+                    on_record(record)
+                    if stats is not None:
+                        stats.on_record(record)
+                    if limit is not None:
+                        limit.release()
+
+            def launch(job: Job, due_s: float | None, slot_wait_s: float | None = None) -> None:
+                task = asyncio.create_task(one(job, due_s, slot_wait_s))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
                 if stats is not None:
-                    stats.on_record(record)
-                if limit is not None:
-                    limit.release()
+                    stats.sent += 1
 
-        def launch(job: Job, due_s: float | None) -> None:
-            task = asyncio.create_task(one(job, due_s))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            if stats is not None:
-                stats.sent += 1
-
-        try:
-            if shape.open_loop:
-                await _open_loop(jobs, t0, deadline, limit, launch)
-            else:
-                await _closed_loop(jobs, deadline, limit, launch)
-            while pending:
-                await asyncio.gather(*pending)
-        except asyncio.CancelledError:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            raise
+            try:
+                if shape.open_loop:
+                    await _open_loop(jobs, t0, deadline, limit, launch)
+                else:
+                    await _closed_loop(jobs, deadline, limit, launch)
+                while pending:
+                    await asyncio.gather(*pending)
+            except asyncio.CancelledError:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise
+    finally:
+        gc.unfreeze()
     return t0
 
 
+async def _until(when_s: float) -> None:
+    """Return at `when_s` on the monotonic clock: sleep on the loop's timer until `SPIN_S` before,
+    then yield to the loop (reading responses meanwhile) until the time has come."""
+    delay = when_s - time.monotonic()
+    if delay > SPIN_S:
+        await asyncio.sleep(delay - SPIN_S)
+    while time.monotonic() < when_s:
+        await asyncio.sleep(0)
+
+
 async def _open_loop(jobs: Iterable[Job], t0: float, deadline: float | None, limit: asyncio.Semaphore | None,
-                     launch: Callable[[Job, float | None], None]) -> None:
+                     launch: Callable[[Job, float | None, float | None], None]) -> None:
     """Release each job at its arrival time (waiting for a free slot when capped)."""
     for job in jobs:
         due = t0 + job.request.arrival_s
         if deadline is not None and due >= deadline:
             return
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if limit is not None:
-            await limit.acquire()
-        launch(job, due)
+        await _until(due)
+        if limit is None:
+            launch(job, due, None)
+            continue
+        ready = time.monotonic()
+        await limit.acquire()
+        launch(job, due, time.monotonic() - ready)
 
 
 async def _closed_loop(jobs: Iterable[Job], deadline: float | None, limit: asyncio.Semaphore | None,
-                       launch: Callable[[Job, float | None], None]) -> None:
+                       launch: Callable[[Job, float | None, float | None], None]) -> None:
     """Keep the concurrency limit busy: release the next job whenever a slot frees."""
     assert limit is not None
     for job in jobs:
@@ -203,7 +237,7 @@ async def _closed_loop(jobs: Iterable[Job], deadline: float | None, limit: async
         if deadline is not None and time.monotonic() >= deadline:
             limit.release()
             return
-        launch(job, None)
+        launch(job, None, None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from rich.live import Live
 
 from paretoserve.atomic import write_text_atomic
 from paretoserve.bench.client import ClientConfig, Endpoint, make_session
+from paretoserve.bench.eventloop import loop_name
+from paretoserve.bench.eventloop import run as run_loop
 from paretoserve.bench.loadgen import (
     Job,
     LiveStats,
@@ -37,6 +39,7 @@ from paretoserve.bench.loadgen import (
     step_result,
 )
 from paretoserve.bench.prompts import Tokenizer, build_prompts, probe_tokenizer
+from paretoserve.bench.workers import run_load_workers
 from paretoserve.errors import UserError
 from paretoserve.metrics.records import RequestRecord
 from paretoserve.metrics.slo import parse_slo
@@ -77,6 +80,8 @@ class BenchSpec:
         extra_body: extra JSON fields for every request body.
         tokenize: use the server's tokenizer for exact prompt lengths when it has one.
         slo: SLO string for goodput (see `paretoserve.metrics.slo`).
+        workers: load-generator processes sharing the schedule (`paretoserve.bench.workers`), for
+            rates one core cannot drive; 1 sends from this process.
     """
 
     url: str
@@ -101,6 +106,7 @@ class BenchSpec:
     extra_body: Mapping[str, object] = field(default_factory=dict)
     tokenize: bool = True
     slo: str | None = None
+    workers: int = 1
 
     @property
     def closed_loop(self) -> bool:
@@ -139,6 +145,11 @@ class BenchSpec:
             raise UserError("a fixed-concurrency run without a trace needs --requests")
         if self.slo is not None:
             parse_slo(self.slo)
+        if self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.concurrency is not None and self.concurrency < self.workers:
+            raise UserError(f"--workers {self.workers} needs --concurrency of at least {self.workers} "
+                            f"(one request in flight per worker), got {self.concurrency}")
 
     def config(self) -> dict[str, Any]:
         """The run's config.yaml content (secrets left out)."""
@@ -147,6 +158,7 @@ class BenchSpec:
         data["headers"] = sorted(self.headers)
         data["extra_body"] = dict(self.extra_body)
         data["load"] = self.shape().describe()
+        data["event_loop"] = loop_name()
         return data
 
 
@@ -208,7 +220,11 @@ async def _measure(spec: BenchSpec, model: str, jobs: list[Job], writer: RunWrit
         records.append(record)
 
     stats = LiveStats(len(jobs))
-    run = run_load(jobs, spec.client_config(model), spec.shape(), on_record, stats=stats)
+    if spec.workers > 1:
+        run = run_load_workers(jobs, spec.client_config(model), spec.shape(), on_record, workers=spec.workers,
+                               stats=stats)
+    else:
+        run = run_load(jobs, spec.client_config(model), spec.shape(), on_record, stats=stats)
     if console is None:
         await run
         return records
@@ -258,7 +274,7 @@ def run_bench(spec: BenchSpec, out: str | Path, *, console: Console | None = Non
     """
     spec.validate()
     claim_folder(out, "bench", inputs=(spec.trace,))  # before any request is sent
-    summary, _, _ = asyncio.run(_bench(spec, Path(out), console))
+    summary, _, _ = run_loop(_bench(spec, Path(out), console))
     return summary
 
 
@@ -296,7 +312,7 @@ def run_sweep(spec: BenchSpec, out: str | Path, *, criterion: SweepCriterion | N
                 return
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(sweep())
+        run_loop(sweep())
     reason = reason or "interrupted"
     write_text_atomic(folder / "sweep.json", json.dumps(
         {"criterion": dataclasses.asdict(criterion), "stopped": reason,

@@ -80,6 +80,8 @@ def bench_cmd(
                                   help="Use the server's tokenizer for exact prompt lengths."),
     slo: str | None = typer.Option(None, "--slo", help="SLO for goodput, e.g. ttft_p90=1s,tpot_p90=60ms."),
     seed: int = typer.Option(0, "--seed", help="Seed of arrivals, lengths and prompt words."),
+    workers: int = typer.Option(1, "--workers", help="Load-generator processes sharing the schedule, for "
+                                "rates one core cannot drive (same records and summary)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress table."),
     max_failed_share: float = typer.Option(0.1, "--max-failed-share", min=0.0, max=1.0,
                                            help="Exit with status 1 when more than this share of the "
@@ -99,7 +101,7 @@ def bench_cmd(
                      duration_s=duration, prompt=prompt, output=output, max_prompt_tokens=max_prompt_tokens,
                      max_output_tokens=max_output_tokens, seed=seed, timeout_s=timeout, api_key=api_key,
                      headers=_headers(header or []), ignore_eos=ignore_eos,
-                     extra_body=_extra_body(extra_body), tokenize=tokenize, slo=slo)
+                     extra_body=_extra_body(extra_body), tokenize=tokenize, slo=slo, workers=workers)
     live = console if progress else None
     try:
         if sweep:

@@ -11,6 +11,12 @@ the percentile of the list in which each value is repeated `count` times.
 Definitions (DESIGN §3): duration is first arrival to last token; throughput counts the output
 tokens of completed requests; goodput counts completed requests that meet the SLO per request
 (`Slo.request_ok`), per second of duration; SLO attainment is that count over all requests.
+
+Measured open-loop runs also carry the client's own send lag (how late the load generator sent
+each request against its schedule, slot waits under a concurrency cap excluded). When its p99
+exceeds `CLIENT_LAG_BOUND_S` the client did not keep up with the schedule: the run offered less
+load than asked and its latencies include the client's own delay, and the summary says so
+(`client_kept_up` False).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from paretoserve.metrics.slo import Slo
 from paretoserve.workload.synthetic import delivered_rate
 
 _QUANTILES = (50.0, 90.0, 95.0, 99.0)
+
+#: p99 client send lag above which a measured run is flagged as limited by the client (s).
+CLIENT_LAG_BOUND_S = 0.005
 
 
 class LatencyStats(BaseModel):
@@ -70,6 +79,10 @@ class Summary(BaseModel):
             prompt-heavy workload looks expensive per output token alone).
         estimated: True for simulated runs (numbers are estimates, not measurements).
         partial: True when the run was interrupted and only the records written so far count.
+        send_lag: the load generator's own lateness in sending, seconds (measured open-loop runs;
+            None otherwise).
+        client_kept_up: False when `send_lag.p99` exceeds `CLIENT_LAG_BOUND_S` (None without
+            send lags).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -100,6 +113,8 @@ class Summary(BaseModel):
     usd_per_million_total_tokens: float | None = None
     estimated: bool = False
     partial: bool = False
+    send_lag: LatencyStats | None = None
+    client_kept_up: bool | None = None
 
 
 def _lerp(low: float, high: float, fraction: float) -> float:
@@ -161,6 +176,7 @@ class SummaryBuilder:
         self._e2e = array("d")
         self._itl = array("d")
         self._itl_counts = array("q")
+        self._send_lag = array("d")
         self._requests = 0
         self._completed = 0
         self._good = 0
@@ -179,6 +195,11 @@ class SummaryBuilder:
         self._last_arrival_s = max(self._last_arrival_s, record.arrival_s)
         end = record.last_token_s if record.last_token_s is not None else record.arrival_s
         self._end_s = max(self._end_s, end)
+        if record.extra and "lag_s" in record.extra:
+            lag = record.extra["lag_s"]
+            wait = record.extra.get("slot_wait_s") or 0.0
+            if isinstance(lag, int | float) and isinstance(wait, int | float):
+                self._send_lag.append(max(0.0, lag - wait))
         if not record.ok:
             return
         self._completed += 1
@@ -228,6 +249,10 @@ class SummaryBuilder:
             fields["slo"] = str(self.slo)
             fields["goodput_rps"] = per_second(self._good)
             fields["slo_attainment"] = self._good / self._requests if self._requests else 0.0
+        if self._send_lag:
+            lag = latency_stats(_floats(self._send_lag))
+            fields["send_lag"] = lag
+            fields["client_kept_up"] = bool(lag.p99 is not None and lag.p99 <= CLIENT_LAG_BOUND_S)
         fields.update(_per_token(extras, self._input_tokens, self._output_tokens))
         fields.update(extras)
         return Summary.model_validate(fields)

@@ -50,6 +50,8 @@ def _extra_rows(summary: Summary) -> list[tuple[str, str]]:
         rows.append(("$ / M output tok", f"{summary.usd_per_million_output_tokens:,.2f}"))
     if summary.usd_per_million_total_tokens is not None:
         rows.append(("$ / M total tok", f"{summary.usd_per_million_total_tokens:,.2f}"))
+    if summary.send_lag is not None and summary.send_lag.p99 is not None:
+        rows.append(("client send lag p99", f"{summary.send_lag.p99 * 1e3:,.2f} ms"))
     rows.append(("failed", f"{summary.failed:,} / {summary.requests:,}"))
     return rows
 
@@ -57,6 +59,7 @@ def _extra_rows(summary: Summary) -> list[tuple[str, str]]:
 def _caption(summary: Summary) -> str | None:
     """Notes under the table: the SLO, and whether the numbers are estimates or partial."""
     from paretoserve.metrics.slo import parse_slo
+    from paretoserve.metrics.summary import CLIENT_LAG_BOUND_S
 
     notes = []
     if summary.slo is not None:
@@ -66,6 +69,10 @@ def _caption(summary: Summary) -> str | None:
         notes.append("estimated by simulation")
     if summary.partial:
         notes.append("partial run: interrupted, only the requests finished so far")
+    if summary.client_kept_up is False and summary.send_lag is not None and summary.send_lag.p99 is not None:
+        notes.append(f"the load generator did not keep up: its send lag p99 {summary.send_lag.p99 * 1e3:,.1f} ms "
+                     f"> {CLIENT_LAG_BOUND_S * 1e3:g} ms, so less load was offered than asked and the latencies "
+                     "include the client's own delay (try --workers)")
     return "; ".join(notes) or None
 
 

@@ -49,6 +49,10 @@ def plan_cmd(
     space_file: Path | None = typer.Option(None, "--space", help="YAML search space (flags override it)."),
     tp: str | None = typer.Option(None, "--tp", help="TP sizes to try [default: 1,2,4,8]."),
     pp: str | None = typer.Option(None, "--pp", help="PP sizes to try [default: 1]."),
+    dp_attention: str | None = typer.Option(None, "--dp-attention", help="Attention-DP ranks to try, MoE "
+                                            "models only (as simulate's --dp-attention) [default: 1]."),
+    ep: str | None = typer.Option(None, "--ep", help="Expert-parallel ways to try, MoE models only "
+                                  "(as simulate's --ep) [default: 1]."),
     max_num_seqs: str | None = typer.Option(None, "--max-num-seqs", help="e.g. 128,256"),
     max_num_batched_tokens: str | None = typer.Option(None, "--max-num-batched-tokens", help="e.g. 2048,8192"),
     weight_dtypes: str | None = typer.Option(None, "--weight-dtypes", help="e.g. bf16,fp8"),
@@ -79,6 +83,7 @@ def plan_cmd(
 
     overrides = {"devices": _words(hardware), "max_devices": budget, "max_usd_per_hour": budget_usd,
                  "tp": _ints(tp, "--tp"), "pp": _ints(pp, "--pp"),
+                 "dp_attention": _ints(dp_attention, "--dp-attention"), "ep": _ints(ep, "--ep"),
                  "max_num_seqs": _ints(max_num_seqs, "--max-num-seqs"),
                  "max_num_batched_tokens": _ints(max_num_batched_tokens, "--max-num-batched-tokens"),
                  "weight_dtypes": _words(weight_dtypes), "kv_dtypes": _words(kv_dtypes),
@@ -115,6 +120,8 @@ def _print(result: PlanResult) -> None:
                       f"{row['usd_per_million_tokens']:.3f}", f"{row['usd_per_million_total_tokens']:.3f}",
                       _ms(row["ttft_p90_s"]), _ms(row["tpot_p90_s"]), f"{row['joules_per_token']:.2f}", marks)
     console.print(table)
+    for note in outcome.enumeration.notes:
+        console.print(f"note: {note}", highlight=False)
     console.print("[dim]$/M out, all: dollars per million output tokens, and per million prompt + output "
                   "tokens; J/tok: joules per output token; ★ recommended (cheapest per output token meeting "
                   "the SLO); knee: the front's best compromise[/]")

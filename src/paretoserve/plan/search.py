@@ -153,7 +153,7 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
     device = load_device(plan.engine.device)
     if plan.disagg is None:
         (serve,) = unit_results
-        per_replica = serve.capacity_rps
+        per_replica = serve.capacity_rps * plan.engine.dp_attention  # the unit is one attention-DP rank
         ttft, tpot, e2e = serve.ttft_p90_s, serve.tpot_p90_s, serve.e2e_p90_s
         joules_per_request, out_per_request = serve.joules_per_request, serve.output_tokens_per_request
         in_per_request = serve.input_tokens_per_request
@@ -189,6 +189,8 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
         "plan": plan.to_dict(),
         "label": plan.label,
         "devices": plan.devices,
+        "dp_attention": plan.engine.dp_attention,
+        "ep": plan.engine.ep,
         "max_rate_rps": capacity,
         "goodput_rps": served * attainment if feasible else 0.0,
         "usd_per_hour": usd_per_hour,
@@ -285,6 +287,8 @@ def reproduce_command(search: PlanSearch, plan: Plan, rate: float) -> str:
         parts += [f"--disagg {x}P{y}D", f"--prefill-tp {tp_p}", f"--decode-tp {tp_d}"]
     else:
         parts += [f"--tp {e.tp}", f"--replicas {plan.replicas}", f"--router {plan.router}"]
+        parts += [f"--dp-attention {e.dp_attention}"] if e.dp_attention > 1 else []
+        parts += [f"--ep {e.ep}"] if e.ep > 1 else []
     if e.pp > 1:
         parts.append(f"--pp {e.pp}")
     parts += [f"--max-num-seqs {e.max_num_seqs}", f"--max-num-batched-tokens {e.max_num_batched_tokens}",

@@ -33,6 +33,12 @@ def _words(text: str | None) -> list[str] | None:
     return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _chains(text: str | None) -> list[list[str]] | None:
+    """"a+b,c+d" -> [[a, b], [c, d]]."""
+    return None if text is None else [[d.strip() for d in chain.split("+") if d.strip()]
+                                      for chain in text.split(",") if chain.strip()]
+
+
 @app.command("plan")
 def plan_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Bundled model name or path to a config.json."),
@@ -60,6 +66,15 @@ def plan_cmd(
     policies: str | None = typer.Option(None, "--policies", help="Scheduler policies, e.g. vllm,sarathi"),
     disagg: bool | None = typer.Option(None, "--disagg/--no-disagg", help="Also try prefill/decode pools."),
     max_pool: int | None = typer.Option(None, "--max-pool", help="Largest prefill or decode pool [default: 4]."),
+    hetero_stages: str | None = typer.Option(None, "--hetero-stages", help="Also price pipelines with one "
+                                             "stage per device, e.g. h100_sxm+l40s (comma-separated chains; "
+                                             "analytic stage model, not simulated)."),
+    attention_offload: str | None = typer.Option(None, "--attention-offload", help="Also price attention "
+                                                 "offload DENSE+ATTENTION, e.g. h100_sxm+l40s: attention and KV "
+                                                 "on the second device (analytic stage model, not simulated)."),
+    hetero_link: str | None = typer.Option(None, "--hetero-link", help="Link between a heterogeneous "
+                                           "replica's devices, e.g. 400Gbps@5us [default: their inter-node "
+                                           "figures]."),
     rate: float | None = typer.Option(None, "--rate", "-r", help="Fixed request rate to serve at least cost "
                                       "[default: each plan at its highest rate under the SLO]."),
     objective: str = typer.Option("cost,ttft,tpot,energy", "--objective",
@@ -87,7 +102,9 @@ def plan_cmd(
                  "max_num_seqs": _ints(max_num_seqs, "--max-num-seqs"),
                  "max_num_batched_tokens": _ints(max_num_batched_tokens, "--max-num-batched-tokens"),
                  "weight_dtypes": _words(weight_dtypes), "kv_dtypes": _words(kv_dtypes),
-                 "policies": _words(policies), "disagg": disagg, "max_pool_replicas": max_pool}
+                 "policies": _words(policies), "disagg": disagg, "max_pool_replicas": max_pool,
+                 "hetero_stages": _chains(hetero_stages), "attention_offload": _chains(attention_offload),
+                 "hetero_link": hetero_link}
     if space_file is not None:
         space = SearchSpace.from_yaml(space_file, **overrides)
     else:

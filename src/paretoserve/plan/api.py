@@ -51,7 +51,7 @@ MAX_VERIFIED = 4
 #: prompt plus output tokens.
 FRONT_COLUMNS = ("label", "devices", "dp_attention", "ep", "max_rate_rps", "usd_per_hour", "usd_per_million_tokens",
                  "usd_per_million_total_tokens", "ttft_p90_s", "tpot_p90_s", "e2e_p90_s", "joules_per_token",
-                 "goodput_per_device", "goodput_per_usd_hour", "knee", "recommended", "command")
+                 "goodput_per_device", "goodput_per_usd_hour", "knee", "recommended", "evaluation", "command")
 
 
 @dataclass

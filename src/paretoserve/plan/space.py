@@ -119,6 +119,28 @@ class SearchSpace(BaseModel):
     disagg: bool = True
     max_pool_replicas: int = Field(4, ge=1, description="largest prefill or decode pool in xPyD plans")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    hetero_stages: list[list[str]] = Field([], description="pipelines whose stages run on different device "
+                                           "types, one device per stage in order (--hetero-stages a+b)")
+    attention_offload: list[list[str]] = Field([], description="(dense device, attention + KV device) pairs "
+                                               "(--attention-offload dense+attention)")
+    hetero_link: str | None = Field(None, description="link between a heterogeneous replica's devices "
+                                    "(catalog.links spec; default: the devices' inter-node figures)")
+
+    @field_validator("hetero_stages")
+    @classmethod
+    def _chains(cls, values: list[list[str]]) -> list[list[str]]:
+        for chain in values:
+            if len(chain) < 2:
+                raise ValueError(f"a heterogeneous pipeline needs at least 2 stages, got {'+'.join(chain)!r}")
+        return values
+
+    @field_validator("attention_offload")
+    @classmethod
+    def _pairs(cls, values: list[list[str]]) -> list[list[str]]:
+        for pair in values:
+            if len(pair) != 2:
+                raise ValueError(f"an attention offload is 2 devices (dense+attention), got {'+'.join(pair)!r}")
+        return values
 
     @field_validator("weight_dtypes", "kv_dtypes")
     @classmethod

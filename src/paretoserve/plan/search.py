@@ -14,8 +14,8 @@ from paretoserve.catalog.model import load_model
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import Slo
 from paretoserve.plan.executor import EXECUTORS, run_units
-from paretoserve.plan.nsga import nsga2_select
 from paretoserve.plan.hetero import hetero_rows
+from paretoserve.plan.nsga import nsga2_select
 from paretoserve.plan.pareto import knee_index, pareto_mask
 from paretoserve.plan.rows import SIMULATED, figures_row
 from paretoserve.plan.space import Enumeration, Plan, SearchSpace, enumerate_plans

@@ -110,6 +110,17 @@ def test_attention_offload_holds_kv_on_the_attention_device():
     assert too_many.capacity_rps == 0 and "does not fit on l40s" in too_many.reason
 
 
+def test_models_the_stage_model_cannot_split_get_a_note_not_a_crash():
+    """Nemotron-H mixes Mamba and attention layers: llm_chain refuses it, the plan says so once."""
+    space = SearchSpace(devices=["h100_sxm"], hetero_stages=[["h100_sxm", "l40s"]], max_num_seqs=[64, 128],
+                        disagg=False)
+    notes: list[str] = []
+    rows = hetero_rows(space, load_model("Nemotron-H-56B-Base-8K"), _requests(), parse_slo("ttft_p90=2s"), None, notes)
+    assert rows == []
+    refusals = [n for n in notes if "not evaluated" in n]
+    assert len(refusals) == 1 and "kinds of layers" in refusals[0]
+
+
 def test_analytic_rows_are_never_recommended():
     """A cheaper analytic row may sit on the front, but the recommendation is the cheapest simulated one."""
     def row(cost: float, evaluation: str) -> dict[str, object]:

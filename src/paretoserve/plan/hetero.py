@@ -220,9 +220,10 @@ def _figures(step: Partition, first: Partition, stages: int, base: dict[str, flo
     requests_per_step = min(batch / output, share / prompt if prompt else math.inf)
     tpot = stages * period
     ttft = first.latency_s
+    reason = "" if requests_per_step > 0 else "max_num_batched_tokens leaves no room for prompt tokens"
     return HeteroFigures(requests_per_step / period, ttft, tpot, ttft + (output - 1.0) * tpot,
                          output * step.energy_j_pipelined, **base, split=split, stage_s=step.stage_s,
-                         transfer_s=step.transfer_s)
+                         transfer_s=step.transfer_s, reason=reason)
 
 
 def _layers(lo: int, hi: int, layers: int) -> int:

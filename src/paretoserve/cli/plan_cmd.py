@@ -33,6 +33,12 @@ def _words(text: str | None) -> list[str] | None:
     return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _chains(text: str | None) -> list[list[str]] | None:
+    """"a+b,c+d" -> [[a, b], [c, d]]."""
+    return None if text is None else [[d.strip() for d in chain.split("+") if d.strip()]
+                                      for chain in text.split(",") if chain.strip()]
+
+
 @app.command("plan")
 def plan_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Bundled model name or path to a config.json."),
@@ -49,6 +55,10 @@ def plan_cmd(
     space_file: Path | None = typer.Option(None, "--space", help="YAML search space (flags override it)."),
     tp: str | None = typer.Option(None, "--tp", help="TP sizes to try [default: 1,2,4,8]."),
     pp: str | None = typer.Option(None, "--pp", help="PP sizes to try [default: 1]."),
+    dp_attention: str | None = typer.Option(None, "--dp-attention", help="Attention-DP ranks to try, MoE "
+                                            "models only (as simulate's --dp-attention) [default: 1]."),
+    ep: str | None = typer.Option(None, "--ep", help="Expert-parallel ways to try, MoE models only "
+                                  "(as simulate's --ep) [default: 1]."),
     max_num_seqs: str | None = typer.Option(None, "--max-num-seqs", help="e.g. 128,256"),
     max_num_batched_tokens: str | None = typer.Option(None, "--max-num-batched-tokens", help="e.g. 2048,8192"),
     weight_dtypes: str | None = typer.Option(None, "--weight-dtypes", help="e.g. bf16,fp8"),
@@ -56,6 +66,15 @@ def plan_cmd(
     policies: str | None = typer.Option(None, "--policies", help="Scheduler policies, e.g. vllm,sarathi"),
     disagg: bool | None = typer.Option(None, "--disagg/--no-disagg", help="Also try prefill/decode pools."),
     max_pool: int | None = typer.Option(None, "--max-pool", help="Largest prefill or decode pool [default: 4]."),
+    hetero_stages: str | None = typer.Option(None, "--hetero-stages", help="Also price pipelines with one "
+                                             "stage per device, e.g. h100_sxm+l40s (comma-separated chains; "
+                                             "analytic stage model, not simulated)."),
+    attention_offload: str | None = typer.Option(None, "--attention-offload", help="Also price attention "
+                                                 "offload DENSE+ATTENTION, e.g. h100_sxm+l40s: attention and KV "
+                                                 "on the second device (analytic stage model, not simulated)."),
+    hetero_link: str | None = typer.Option(None, "--hetero-link", help="Link between a heterogeneous "
+                                           "replica's devices, e.g. 400Gbps@5us [default: their inter-node "
+                                           "figures]."),
     rate: float | None = typer.Option(None, "--rate", "-r", help="Fixed request rate to serve at least cost "
                                       "[default: each plan at its highest rate under the SLO]."),
     objective: str = typer.Option("cost,ttft,tpot,energy", "--objective",
@@ -79,10 +98,13 @@ def plan_cmd(
 
     overrides = {"devices": _words(hardware), "max_devices": budget, "max_usd_per_hour": budget_usd,
                  "tp": _ints(tp, "--tp"), "pp": _ints(pp, "--pp"),
+                 "dp_attention": _ints(dp_attention, "--dp-attention"), "ep": _ints(ep, "--ep"),
                  "max_num_seqs": _ints(max_num_seqs, "--max-num-seqs"),
                  "max_num_batched_tokens": _ints(max_num_batched_tokens, "--max-num-batched-tokens"),
                  "weight_dtypes": _words(weight_dtypes), "kv_dtypes": _words(kv_dtypes),
-                 "policies": _words(policies), "disagg": disagg, "max_pool_replicas": max_pool}
+                 "policies": _words(policies), "disagg": disagg, "max_pool_replicas": max_pool,
+                 "hetero_stages": _chains(hetero_stages), "attention_offload": _chains(attention_offload),
+                 "hetero_link": hetero_link}
     if space_file is not None:
         space = SearchSpace.from_yaml(space_file, **overrides)
     else:
@@ -115,6 +137,8 @@ def _print(result: PlanResult) -> None:
                       f"{row['usd_per_million_tokens']:.3f}", f"{row['usd_per_million_total_tokens']:.3f}",
                       _ms(row["ttft_p90_s"]), _ms(row["tpot_p90_s"]), f"{row['joules_per_token']:.2f}", marks)
     console.print(table)
+    for note in outcome.enumeration.notes:
+        console.print(f"note: {note}", highlight=False)
     console.print("[dim]$/M out, all: dollars per million output tokens, and per million prompt + output "
                   "tokens; J/tok: joules per output token; ★ recommended (cheapest per output token meeting "
                   "the SLO); knee: the front's best compromise[/]")

@@ -49,9 +49,9 @@ RESUME_FILE = "evaluations.jsonl"
 MAX_VERIFIED = 4
 #: usd_per_million_tokens is per million output tokens; usd_per_million_total_tokens per million
 #: prompt plus output tokens.
-FRONT_COLUMNS = ("label", "devices", "max_rate_rps", "usd_per_hour", "usd_per_million_tokens",
+FRONT_COLUMNS = ("label", "devices", "dp_attention", "ep", "max_rate_rps", "usd_per_hour", "usd_per_million_tokens",
                  "usd_per_million_total_tokens", "ttft_p90_s", "tpot_p90_s", "e2e_p90_s", "joules_per_token",
-                 "goodput_per_device", "goodput_per_usd_hour", "knee", "recommended", "command")
+                 "goodput_per_device", "goodput_per_usd_hour", "knee", "recommended", "evaluation", "command")
 
 
 @dataclass
@@ -148,6 +148,7 @@ def _verify(row: dict[str, object], search: PlanSearch, out_dir: Path) -> dict[s
     rate = search.rate if search.rate is not None else float(row["max_rate_rps"])
     config = SimulateConfig(
         model=search.model, hardware=p["device"], tp=p["tp"], pp=p["pp"],
+        dp_attention=p.get("dp_attention", 1), ep=p.get("ep", 1),
         replicas=1 if disagg else p["dp"], router=p["router"],
         disagg=f"{disagg['prefill']['replicas']}P{disagg['decode']['replicas']}D" if disagg else None,
         prefill_tp=disagg["prefill"]["tp"] if disagg else None, decode_tp=disagg["decode"]["tp"] if disagg else None,
@@ -180,6 +181,7 @@ def _write_outputs(outcome: PlanOutcome, search: PlanSearch, out_dir: Path) -> N
               "space": search.space.model_dump(mode="json"), "profiles": search.profiles,
               "units_evaluated": outcome.units,
               "plans_evaluated": len(outcome.rows), "pruned": outcome.enumeration.pruned,
+              "notes": outcome.enumeration.notes,
               "by_device": [_jsonable(entry) for entry in outcome.by_device], "estimated": True}
     write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 

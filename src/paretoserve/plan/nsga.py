@@ -1,7 +1,7 @@
 """NSGA-II over the plan space (optuna), for spaces too large to evaluate every engine.
 
-Each trial picks a plan by its coordinates (device, aggregated or xPyD with pool sizes and TPs,
-PP, batching limits, dtypes, policy); plans outside the feasible enumeration are pruned without
+Each trial picks a plan by its coordinates (device, aggregated with attention-DP and EP or xPyD
+with pool sizes and TPs, PP, batching limits, dtypes, policy); plans outside the feasible enumeration are pruned without
 simulation; the rest are scored on the search objectives from their evaluation units, which are
 simulated once and cached (and written to the resume file).
 """
@@ -56,7 +56,9 @@ def _suggest(trial: optuna.Trial, space: SearchSpace) -> Plan:
     tp = trial.suggest_categorical("tp", space.tp)
     if not disagg:
         policy = trial.suggest_categorical("policy", space.policies)
-        return Plan(Engine(device, tp, pp, seqs, mbt, wdt, kdt, policy), 1, space.router)
+        dpa = trial.suggest_categorical("dp_attention", space.dp_attention)
+        ep = trial.suggest_categorical("ep", space.ep)
+        return Plan(Engine(device, tp, pp, seqs, mbt, wdt, kdt, policy, dpa, ep), 1, space.router)
     decode_tp = trial.suggest_categorical("decode_tp", space.tp)
     x = trial.suggest_int("prefill_replicas", 1, space.max_pool_replicas)
     y = trial.suggest_int("decode_replicas", 1, space.max_pool_replicas)

@@ -34,22 +34,26 @@ ATTENTION_OPS = ("attn.prefill", "attn.decode")
 ACTIVATION_BYTES = 2.0  # bf16 hidden states
 
 
-def _shape(phase: str, sequences: int, tokens: int) -> tuple[StepShape, int]:
-    """The step of `sequences` sequences and the new tokens per sequence in it."""
+def _shape(phase: str, sequences: int, tokens: int, prefill_tokens: int = 0) -> tuple[StepShape, float]:
+    """The step of `sequences` sequences and the new tokens per sequence in it; a decode step may
+    also carry a chunk of `prefill_tokens` prompt tokens (vLLM's chunked prefill in a mixed batch)."""
     if phase not in ("prefill", "decode"):
         raise UserError(f"--phase {phase!r}: expected prefill or decode", field="phase")
-    if sequences < 1 or tokens < 1:
+    if sequences < 1 or tokens < 1 or prefill_tokens < 0:
         raise UserError("sequences (--batch) and --tokens must be >= 1")
     if phase == "prefill":
         return StepShape(prefill=(PrefillChunk(tokens, 0, True),) * sequences), tokens
-    return StepShape(decode=(tokens,) * sequences), 1
+    chunk = (PrefillChunk(prefill_tokens, 0, False),) if prefill_tokens else ()
+    return StepShape(prefill=chunk, decode=(tokens,) * sequences), 1 + prefill_tokens / sequences
 
 
 def llm_chain(model: ModelSpec, *, phase: Literal["prefill", "decode"] = "prefill", sequences: int = 1,
-              tokens: int = 1024, weight_dtype: str | None = None,
-              efficiency: Efficiency | None = None) -> StageChain:
-    """The chain of `model` for one prefill or decode step (see the module docstring)."""
-    shape, tokens_per_sequence = _shape(phase, sequences, tokens)
+              tokens: int = 1024, weight_dtype: str | None = None, efficiency: Efficiency | None = None,
+              prefill_tokens: int = 0) -> StageChain:
+    """The chain of `model` for one prefill or decode step (see the module docstring); a decode step
+    with `prefill_tokens` also computes that many prompt tokens (their hidden states cross the links
+    too)."""
+    shape, tokens_per_sequence = _shape(phase, sequences, tokens, prefill_tokens)
     if len(model.layer_groups) != 1:
         raise UserError(f"{model.name} has {len(model.layer_groups)} kinds of layers; the partitioner splits "
                         "models with one layer kind only")
@@ -76,15 +80,16 @@ def llm_chain(model: ModelSpec, *, phase: Literal["prefill", "decode"] = "prefil
 def attention_offload(model: ModelSpec, dense: DeviceSpec, attention: DeviceSpec, link: LinkProfile, *,
                       phase: Literal["prefill", "decode"] = "decode", sequences: int = 1, tokens: int = 1024,
                       in_flight: int = 3, scenario: Scenario = "p50", weight_dtype: str | None = None,
-                      efficiency: Efficiency | None = None) -> Partition:
+                      efficiency: Efficiency | None = None, prefill_tokens: int = 0) -> Partition:
     """`model` with attention and KV on `attention` and the rest on `dense` (see the module docstring).
 
-    Per step: dense seconds = the step model's operators except attention on `dense`; attention
+    A decode step may carry `prefill_tokens` prompt tokens (as `llm_chain`). Per step: dense seconds =
+    the step model's operators except attention on `dense`; attention
     seconds = its attention operators on `attention`; per layer and direction one message over `link`
     (latency + bytes / bandwidth; the two directions overlap). Latency = the sum of all; throughput =
     sequences / `sim.dnn_pipeline.loop_period` (pipelined) or sequences / latency (sequential).
     """
-    shape, tokens_per_sequence = _shape(phase, sequences, tokens)
+    shape, tokens_per_sequence = _shape(phase, sequences, tokens, prefill_tokens)
     kinds = {layer.attention.kind for layer, _ in model.layer_groups}
     if kinds != {"gqa"}:
         raise UserError(f"{model.name}: attention offload needs standard (GQA) attention in every layer, "

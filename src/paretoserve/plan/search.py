@@ -9,12 +9,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from paretoserve.catalog.device import load_device
+from paretoserve.catalog.links import load_link
 from paretoserve.catalog.model import load_model
 from paretoserve.errors import UserError
 from paretoserve.metrics.slo import Slo
 from paretoserve.plan.executor import EXECUTORS, run_units
+from paretoserve.plan.hetero import hetero_rows
 from paretoserve.plan.nsga import nsga2_select
 from paretoserve.plan.pareto import knee_index, pareto_mask
+from paretoserve.plan.rows import SIMULATED, figures_row
 from paretoserve.plan.space import Enumeration, Plan, SearchSpace, enumerate_plans
 from paretoserve.plan.units import Unit, UnitContext, UnitResult
 from paretoserve.sim.deployment import kv_link
@@ -99,6 +102,11 @@ def check_search(search: PlanSearch) -> Enumeration:
     if search.executor not in EXECUTORS:
         raise UserError(f"unknown executor '{search.executor}'; expected {', '.join(EXECUTORS)}")
     enum = enumerate_plans(search.space, load_model(search.model))
+    for chain in search.space.hetero_stages + search.space.attention_offload:
+        for name in chain:
+            load_device(name)
+    if search.space.hetero_link is not None:
+        load_link(search.space.hetero_link)
     if not enum.plans:
         raise UserError(_nothing_fits(enum))
     return enum
@@ -138,6 +146,8 @@ def run_search(search: PlanSearch, progress: Callable[[int, int], None] | None =
                             ray_address=search.ray_address, resume_file=search.resume_file, on_result=tick)
     rows = [row for plan in plans
             if (row := plan_row(plan, [results[u.key] for u in plan_units[plan]], search)) is not None]
+    rows += hetero_rows(search.space, load_model(search.model), search.requests, search.slo, search.rate,
+                        enum.notes)
     if search.rate is not None:
         rows = _dedupe(rows)
         if not rows:
@@ -153,7 +163,7 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
     device = load_device(plan.engine.device)
     if plan.disagg is None:
         (serve,) = unit_results
-        per_replica = serve.capacity_rps
+        per_replica = serve.capacity_rps * plan.engine.dp_attention  # the unit is one attention-DP rank
         ttft, tpot, e2e = serve.ttft_p90_s, serve.tpot_p90_s, serve.e2e_p90_s
         joules_per_request, out_per_request = serve.joules_per_request, serve.output_tokens_per_request
         in_per_request = serve.input_tokens_per_request
@@ -182,38 +192,9 @@ def plan_row(plan: Plan, unit_results: list[UnitResult], search: PlanSearch) -> 
                 space.max_usd_per_hour is not None and usd_per_hour > space.max_usd_per_hour):
             return None
     served = capacity if search.rate is None else min(capacity, search.rate)
-    tokens_per_s = served * out_per_request
-    total_tokens_per_s = served * (in_per_request + out_per_request)
-    feasible = capacity > 0
-    return {
-        "plan": plan.to_dict(),
-        "label": plan.label,
-        "devices": plan.devices,
-        "max_rate_rps": capacity,
-        "goodput_rps": served * attainment if feasible else 0.0,
-        "usd_per_hour": usd_per_hour,
-        "usd_per_million_tokens": _usd_per_million(usd_per_hour, tokens_per_s),
-        "usd_per_million_total_tokens": _usd_per_million(usd_per_hour, total_tokens_per_s),
-        "ttft_p90_s": ttft,
-        "tpot_p90_s": tpot,
-        "e2e_p90_s": e2e,
-        "joules_per_token": joules_per_request / out_per_request if out_per_request else math.inf,
-        "goodput_per_device": served * attainment / plan.devices if feasible else 0.0,
-        "goodput_per_usd_hour": served * attainment / usd_per_hour if feasible and usd_per_hour else 0.0,
-        "slo_attainment": attainment,
-        "feasible": feasible,
-        "pareto": False,
-        "knee": False,
-        "recommended": False,
-        "command": reproduce_command(search, plan, capacity if search.rate is None else search.rate),
-        "reason": "",
-        "estimated": True,
-    }
-
-
-def _usd_per_million(usd_per_hour: float, tokens_per_s: float) -> float:
-    """Dollars per million tokens at `tokens_per_s` (infinite when nothing is served)."""
-    return usd_per_hour / (tokens_per_s * 3600) * 1e6 if tokens_per_s else math.inf
+    return figures_row(plan.to_dict(), plan.label, plan.devices, usd_per_hour, capacity, served,
+                       (ttft, tpot, e2e), joules_per_request, (in_per_request, out_per_request), attainment,
+                       reproduce_command(search, plan, capacity if search.rate is None else search.rate))
 
 
 def mark_front(rows: list[dict[str, object]], objectives: tuple[str, ...]) -> None:
@@ -229,15 +210,24 @@ def mark_front(rows: list[dict[str, object]], objectives: tuple[str, ...]) -> No
     knee = knee_index([[float(r[f]) for f in fields] for r in front])
     if knee is not None:
         front[knee]["knee"] = True
-    best = recommendation_order(rows)[0]
-    best["recommended"] = True
-    best["reason"] = _reasons(best, feasible)
+    order = recommendation_order(rows)
+    if order:
+        order[0]["recommended"] = True
+        order[0]["reason"] = _reasons(order[0], order)
+        analytic = [r for r in feasible if r not in order]
+        if analytic:
+            alt = min(analytic, key=lambda r: r["usd_per_million_tokens"])
+            ratio = alt["usd_per_million_tokens"] / order[0]["usd_per_million_tokens"]
+            order[0]["reason"] += (f"\nThe best heterogeneous candidate ({alt['label']}; {alt['evaluation']}) "
+                                   f"would cost {ratio:.2f}× as much per token.")
 
 
 def recommendation_order(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """The plans that meet the SLO (by their units' estimates), cheapest per token first (then
-    fewest devices): the order in which plans are recommended."""
-    return sorted((r for r in rows if r["feasible"]), key=lambda r: (r["usd_per_million_tokens"], r["devices"]))
+    """The simulated plans that meet the SLO (by their units' estimates), cheapest per token first
+    (then fewest devices): the order in which plans are recommended. Plans priced by the analytic
+    stage model are never recommended: no whole-plan simulation can verify them."""
+    return sorted((r for r in rows if r["feasible"] and r.get("evaluation", SIMULATED) == SIMULATED),
+                  key=lambda r: (r["usd_per_million_tokens"], r["devices"]))
 
 
 def recommend_instead(rows: list[dict[str, object]], chosen: dict[str, object],
@@ -247,7 +237,7 @@ def recommend_instead(rows: list[dict[str, object]], chosen: dict[str, object],
     for row in rows:
         row["recommended"] = row is chosen
     labels = "; ".join(f"{r['label']} ({r['verified']['slo_attainment']:.1%})" for r in missed)  # type: ignore[index]
-    feasible = [r for r in rows if r["feasible"]]
+    feasible = recommendation_order(rows)
     chosen["reason"] = (f"The {len(missed)} cheaper plan{'s' if len(missed) != 1 else ''} missed the SLO "
                         f"attainment target when simulated whole: {labels}.\n"
                         + _reasons(chosen, feasible, first=f"Cheapest plan whose whole-plan simulation meets "
@@ -285,6 +275,8 @@ def reproduce_command(search: PlanSearch, plan: Plan, rate: float) -> str:
         parts += [f"--disagg {x}P{y}D", f"--prefill-tp {tp_p}", f"--decode-tp {tp_d}"]
     else:
         parts += [f"--tp {e.tp}", f"--replicas {plan.replicas}", f"--router {plan.router}"]
+        parts += [f"--dp-attention {e.dp_attention}"] if e.dp_attention > 1 else []
+        parts += [f"--ep {e.ep}"] if e.ep > 1 else []
     if e.pp > 1:
         parts.append(f"--pp {e.pp}")
     parts += [f"--max-num-seqs {e.max_num_seqs}", f"--max-num-batched-tokens {e.max_num_batched_tokens}",

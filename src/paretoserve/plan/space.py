@@ -13,7 +13,7 @@ from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.dtypes import normalize_dtype
 from paretoserve.catalog.model import ModelSpec
 from paretoserve.errors import UserError
-from paretoserve.perf.layout import check_parallelism
+from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.memory import kv_capacity
 from paretoserve.sim.cluster import ROUTERS
 from paretoserve.sim.schedulers import POLICIES
@@ -22,7 +22,9 @@ from paretoserve.textfiles import read_yaml
 
 @dataclass(frozen=True, slots=True)
 class Engine:
-    """One engine instance's configuration: `tp × pp` devices of one kind and its batching knobs."""
+    """One engine instance's configuration: `tp × dp_attention × pp` devices of one kind (attention
+    TP × attention-DP ranks, the routed experts split `ep` ways over them; `perf.layout`) and its
+    batching knobs."""
 
     device: str
     tp: int = 1
@@ -32,11 +34,18 @@ class Engine:
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     policy: str = "vllm"
+    dp_attention: int = 1
+    ep: int = 1
 
     @property
     def devices(self) -> int:
         """Devices one instance uses."""
-        return self.tp * self.pp
+        return self.tp * self.dp_attention * self.pp
+
+    @property
+    def layout(self) -> ParallelLayout:
+        """The instance's parallel layout (UserError when it cannot be built, e.g. EP ∤ TP × DP)."""
+        return ParallelLayout(tp=self.tp, pp=self.pp, attention_dp=self.dp_attention, ep=self.ep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +69,16 @@ class Plan:
 
     @property
     def label(self) -> str:
-        """Short human-readable name, e.g. '4×h100_sxm tp2 dp2 fp8kv'."""
+        """Short human-readable name, e.g. '4×h100_sxm tp2 dp2 kvfp8' ('dpa4 ep4': 4 attention-DP
+        ranks, routed experts over 4 EP ways)."""
         e = self.engine
         if self.disagg:
             x, tp_p, y, tp_d = self.disagg
             shape = f"{x}P(tp{tp_p})+{y}D(tp{tp_d})"
         else:
-            shape = f"tp{e.tp}" + (f" pp{e.pp}" if e.pp > 1 else "") + f" dp{self.replicas}"
+            shape = (f"tp{e.tp}" + (f" dpa{e.dp_attention}" if e.dp_attention > 1 else "")
+                     + (f" ep{e.ep}" if e.ep > 1 else "") + (f" pp{e.pp}" if e.pp > 1 else "")
+                     + f" dp{self.replicas}")
         extras = [f"seqs{e.max_num_seqs}", f"mbt{e.max_num_batched_tokens}"]
         if e.weight_dtype != "bf16":
             extras.append(f"w{e.weight_dtype}")
@@ -96,6 +108,8 @@ class SearchSpace(BaseModel):
     max_usd_per_hour: float | None = Field(None, gt=0, description="dollar budget (--budget-usd): USD per hour")
     tp: list[PositiveInt] = [1, 2, 4, 8]
     pp: list[PositiveInt] = [1]
+    dp_attention: list[PositiveInt] = Field([1], description="attention-DP ranks (MoE models; --dp-attention)")
+    ep: list[PositiveInt] = Field([1], description="expert-parallel ways (MoE models; --ep)")
     max_num_seqs: list[PositiveInt] = [256]
     max_num_batched_tokens: list[PositiveInt] = [8192]
     weight_dtypes: list[str] = ["bf16"]
@@ -105,13 +119,35 @@ class SearchSpace(BaseModel):
     disagg: bool = True
     max_pool_replicas: int = Field(4, ge=1, description="largest prefill or decode pool in xPyD plans")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    hetero_stages: list[list[str]] = Field([], description="pipelines whose stages run on different device "
+                                           "types, one device per stage in order (--hetero-stages a+b)")
+    attention_offload: list[list[str]] = Field([], description="(dense device, attention + KV device) pairs "
+                                               "(--attention-offload dense+attention)")
+    hetero_link: str | None = Field(None, description="link between a heterogeneous replica's devices "
+                                    "(catalog.links spec; default: the devices' inter-node figures)")
+
+    @field_validator("hetero_stages")
+    @classmethod
+    def _chains(cls, values: list[list[str]]) -> list[list[str]]:
+        for chain in values:
+            if len(chain) < 2:
+                raise ValueError(f"a heterogeneous pipeline needs at least 2 stages, got {'+'.join(chain)!r}")
+        return values
+
+    @field_validator("attention_offload")
+    @classmethod
+    def _pairs(cls, values: list[list[str]]) -> list[list[str]]:
+        for pair in values:
+            if len(pair) != 2:
+                raise ValueError(f"an attention offload is 2 devices (dense+attention), got {'+'.join(pair)!r}")
+        return values
 
     @field_validator("weight_dtypes", "kv_dtypes")
     @classmethod
     def _dtypes(cls, values: list[str]) -> list[str]:
         return [normalize_dtype(v) for v in values]
 
-    @field_validator("devices", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "policies")
+    @field_validator("devices", "tp", "pp", "dp_attention", "ep", "max_num_seqs", "max_num_batched_tokens", "policies")
     @classmethod
     def _non_empty(cls, values: list) -> list:
         if not values:
@@ -155,12 +191,14 @@ class SearchSpace(BaseModel):
 @dataclass
 class Enumeration:
     """Plans to evaluate, and what pruning removed: counts per reason, overall and per device
-    type, and per device type the smallest plan that fits in memory but is over a budget."""
+    type, and per device type the smallest plan that fits in memory but is over a budget; `notes`
+    say which choices of the space did not apply (e.g. EP on a dense model)."""
 
     plans: list[Plan] = field(default_factory=list)
     pruned: dict[str, int] = field(default_factory=dict)
     pruned_by_device: dict[str, dict[str, int]] = field(default_factory=dict)
     over_budget: dict[str, tuple[Plan, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def prune(self, reason: str, device: str) -> None:
         """Count one plan on `device` removed for `reason`."""
@@ -178,24 +216,31 @@ def enumerate_plans(space: SearchSpace, model: ModelSpec) -> Enumeration:
     """Every plan in `space` that fits the budget and memory, aggregated then disaggregated.
 
     Aggregated plans are one replica each: their per-device figures do not change with the number
-    of replicas behind a router, which the rate mode of the planner chooses.
+    of replicas behind a router, which the rate mode of the planner chooses. Attention-DP and EP
+    choices apply to mixture-of-experts models only (a dense model's plans use 1 and 1, with a
+    note) and to aggregated plans only (disaggregated pools use attention TP alone).
     """
     result = Enumeration()
     devices = {name: load_device(name) for name in space.devices}
     fits: dict[tuple, bool] = {}
+    dp_choices, ep_choices = space.dp_attention, space.ep
+    if not any(layer.mlp.kind == "moe" for layer in model.layers) and (dp_choices != [1] or ep_choices != [1]):
+        result.notes.append(f"{model.name} is dense: the attention-DP and EP choices (--dp-attention, --ep) "
+                            "apply to mixture-of-experts models only and are ignored")
+        dp_choices, ep_choices = [1], [1]
 
     def engine_fits(engine: Engine) -> bool:
-        key = (engine.device, engine.tp, engine.pp, engine.weight_dtype, engine.kv_dtype,
-               engine.max_num_batched_tokens, engine.max_num_seqs)
+        key = (engine.device, engine.tp, engine.pp, engine.dp_attention, engine.ep, engine.weight_dtype,
+               engine.kv_dtype, engine.max_num_batched_tokens, engine.max_num_seqs)
         if key not in fits:
             fits[key] = _fits(engine, devices[engine.device], model, space, result)
         return fits[key]
 
-    for name, tp, pp, seqs, mbt, wdt, kdt, policy in itertools.product(
-            space.devices, space.tp, space.pp, space.max_num_seqs, space.max_num_batched_tokens,
-            space.weight_dtypes, space.kv_dtypes, space.policies):
-        engine = Engine(devices[name].name, tp, pp, seqs, mbt, wdt, kdt, policy)
-        if not _valid_parallelism(model, tp, pp, engine.device, result):
+    for name, tp, pp, dpa, ep, seqs, mbt, wdt, kdt, policy in itertools.product(
+            space.devices, space.tp, space.pp, dp_choices, ep_choices, space.max_num_seqs,
+            space.max_num_batched_tokens, space.weight_dtypes, space.kv_dtypes, space.policies):
+        engine = Engine(devices[name].name, tp, pp, seqs, mbt, wdt, kdt, policy, dpa, ep)
+        if not _valid_layout(model, engine, result):
             continue
         plan = Plan(engine, 1, space.router)
         if engine_fits(engine) and _within_budget(plan, devices[name], space, result):
@@ -212,11 +257,10 @@ def _disagg_plans(space: SearchSpace, model: ModelSpec, devices: dict[str, Devic
             space.devices, space.pp, space.max_num_seqs, space.max_num_batched_tokens,
             space.weight_dtypes, space.kv_dtypes):
         for tp_p, tp_d in itertools.product(space.tp, space.tp):
-            if not (_valid_parallelism(model, tp_p, pp, devices[name].name, result)
-                    and _valid_parallelism(model, tp_d, pp, devices[name].name, result)):
-                continue
             prefill = Engine(devices[name].name, tp_p, pp, seqs, mbt, wdt, kdt, "vllm")
             decode = Engine(devices[name].name, tp_d, pp, seqs, mbt, wdt, kdt, "vllm")
+            if not (_valid_layout(model, prefill, result) and _valid_layout(model, decode, result)):
+                continue
             if not (engine_fits(prefill) and engine_fits(decode)):
                 continue
             for x, y in itertools.product(pool, pool):
@@ -225,11 +269,12 @@ def _disagg_plans(space: SearchSpace, model: ModelSpec, devices: dict[str, Devic
                     yield plan
 
 
-def _valid_parallelism(model: ModelSpec, tp: int, pp: int, device: str, result: Enumeration) -> bool:
+def _valid_layout(model: ModelSpec, engine: Engine, result: Enumeration) -> bool:
+    """The engine's layout can run the model (`ParallelLayout` and its `check`); else pruned."""
     try:
-        check_parallelism(model, tp, pp)
+        engine.layout.check(model)
     except UserError:
-        result.prune("parallelism does not divide the model", device)
+        result.prune("parallelism does not divide the model", engine.device)
         return False
     return True
 
@@ -252,7 +297,7 @@ def _within_budget(plan: Plan, device: DeviceSpec, space: SearchSpace, result: E
 def _fits(engine: Engine, device: DeviceSpec, model: ModelSpec, space: SearchSpace,
           result: Enumeration) -> bool:
     try:
-        cap = kv_capacity(model, device, tp=engine.tp, pp=engine.pp,
+        cap = kv_capacity(model, device, layout=engine.layout,
                           gpu_memory_utilization=space.gpu_memory_utilization,
                           weight_dtype=engine.weight_dtype, kv_dtype=engine.kv_dtype,
                           max_num_batched_tokens=engine.max_num_batched_tokens,

@@ -3,7 +3,9 @@
 A plan's figures are assembled from units shared between plans (DistServe's decomposition):
 
 - ``serve`` — an aggregated engine: the highest rate of the user's trace at which one replica meets
-  the SLO; data-parallel replicas behind the router scale it (the router is assumed to split load
+  the SLO (with attention-DP, one rank of it: its own scheduler and KV cache, its MoE layers priced
+  on the tokens of all ranks, as `simulate --dp-attention` does; the instance serves dp_attention ×
+  that rate); data-parallel replicas behind the router scale it (the router is assumed to split load
   evenly — the recommended plan is re-checked with a full cluster simulation).
 - ``prefill`` — a prefill-pool engine: requests stop after their first token, and each request's TTFT
   is charged the KV transfer to the decode pool (bytes / link bandwidth + latency); only TTFT (and
@@ -53,13 +55,15 @@ class Unit:
         """Stable identifier (for the resume file)."""
         e = self.engine
         link = "" if self.link is None else f"|link={self.link[0]:.4g},{self.link[1]:.3g}"
-        return (f"{self.kind}|{e.device}|tp{e.tp}|pp{e.pp}|seqs{e.max_num_seqs}|mbt{e.max_num_batched_tokens}"
+        moe = (f"|dpa{e.dp_attention}" if e.dp_attention > 1 else "") + (f"|ep{e.ep}" if e.ep > 1 else "")
+        return (f"{self.kind}|{e.device}|tp{e.tp}|pp{e.pp}{moe}|seqs{e.max_num_seqs}|mbt{e.max_num_batched_tokens}"
                 f"|w{e.weight_dtype}|kv{e.kv_dtype}|{e.policy}{link}")
 
 
 @dataclass(frozen=True, slots=True)
 class UnitResult:
-    """Figures of one unit at its capacity (the highest rate meeting the SLO; zeros when none).
+    """Figures of one unit at its capacity (the highest rate meeting the SLO; zeros when none; of one
+    attention-DP rank when the engine has several).
 
     Seconds for latencies, requests/s for rates, joules per request for energy; tokens per
     completed request.
@@ -131,6 +135,7 @@ class DecodeOnly(StepTimeModel):
 def simulate_config(model: str, engine: Engine, gpu_memory_utilization: float, **extra: object) -> SimulateConfig:
     """The `SimulateConfig` of one engine (also the basis of the reproduce command)."""
     return SimulateConfig(model=model, hardware=engine.device, tp=engine.tp, pp=engine.pp,
+                          dp_attention=engine.dp_attention, ep=engine.ep,
                           max_num_seqs=engine.max_num_seqs,
                           max_num_batched_tokens=engine.max_num_batched_tokens,
                           weight_dtype=engine.weight_dtype, kv_dtype=engine.kv_dtype, policy=engine.policy,

@@ -164,7 +164,9 @@ def _plan_config(plan: dict[str, Any]) -> str:
         layout = (f"P {prefill['replicas']}×tp{prefill['tp']} / D {decode['replicas']}×tp{decode['tp']}"
                   f" pp{plan.get('pp', 1)}")
     else:
-        layout = f"tp{plan.get('tp', 1)} pp{plan.get('pp', 1)} dp{plan.get('dp', 1)}"
+        moe = "".join(f" {name}{plan[key]}" for key, name in (("dp_attention", "dpa"), ("ep", "ep"))
+                      if plan.get(key, 1) > 1)
+        layout = f"tp{plan.get('tp', 1)}{moe} pp{plan.get('pp', 1)} dp{plan.get('dp', 1)}"
     return (f"{plan.get('device', '?')} {layout} · seqs {plan.get('max_num_seqs', _DASH)} · "
             f"batched tok {plan.get('max_num_batched_tokens', _DASH)} · W {plan.get('weight_dtype', _DASH)} "
             f"KV {plan.get('kv_dtype', _DASH)} · {plan.get('policy', _DASH)} · {plan.get('router', _DASH)}")

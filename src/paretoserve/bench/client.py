@@ -164,7 +164,28 @@ class SseParser:
         if (not self._tail and not self._data and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")
                 and chunk.count(b"\n") == 2):
             return [chunk[6:-2]]  # the common case: exactly one complete single-line event
-        lines = (self._tail + chunk).split(b"\n") if self._tail else chunk.split(b"\n")
+        data = self._tail + chunk if self._tail else chunk
+        if self._data or b"\r" in data:
+            return self._feed_lines(data)
+        # LF-only events: split on the blank lines; single-line `data: ` events need no line loop.
+        parts = data.split(b"\n\n")
+        self._tail = parts.pop()
+        events: list[bytes] = []
+        for part in parts:
+            if part.startswith(b"data: ") and b"\n" not in part:
+                events.append(part[6:])
+            elif part:
+                self._tail, tail = b"", self._tail
+                events.extend(self._feed_lines(part + b"\n\n"))
+                self._tail = tail
+        if self._tail and b"\n" in self._tail:  # complete lines of an unfinished event
+            tail, self._tail = self._tail, b""
+            events.extend(self._feed_lines(tail))
+        return events
+
+    def _feed_lines(self, data: bytes) -> list[bytes]:
+        """The general line-by-line parse of `data` (after any earlier tail)."""
+        lines = data.split(b"\n")
         self._tail = lines.pop()
         events: list[bytes] = []
         for line in lines:

@@ -199,7 +199,8 @@ def test_bad_settings_are_one_line_user_errors(args, message):
 
 
 SIM = ["simulate", "-m", "Meta-Llama-3.1-8B", "-H", "h100_sxm", "--arrival", "poisson", "--rate", "2",
-       "--requests", "3", "--prompt", "64", "--output", "16", "--num-speculative-tokens", "3", "--acceptance-length", "2"]
+       "--requests", "3", "--prompt", "64", "--output", "16", "--num-speculative-tokens", "3",
+       "--acceptance-length", "2"]
 
 
 @pytest.mark.parametrize(("extra", "message"), [

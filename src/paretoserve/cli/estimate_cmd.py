@@ -31,11 +31,14 @@ def estimate_cmd(
     kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache dtype: bf16, fp8, int8."),
     gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
     profile: str | None = typer.Option(None, "--profile", help="Calibrated profile (YAML) for the hardware."),
-    speculative: str | None = typer.Option(None, "--speculative", help="Also a verify step: mtp, eagle or draft:MODEL."),
-    num_speculative_tokens: int | None = typer.Option(None, "--num-speculative-tokens", help="K: tokens drafted per step."),
+    speculative: str | None = typer.Option(None, "--speculative",
+                                           help="Also a verify step: mtp, eagle or draft:MODEL."),
+    num_speculative_tokens: int | None = typer.Option(None, "--num-speculative-tokens",
+                                                      help="K: tokens drafted per step."),
     acceptance_length: float | None = typer.Option(None, "--acceptance-length",
                                                    help="Mean tokens per verify step, accepted + 1."),
-    acceptance_rate: float | None = typer.Option(None, "--acceptance-rate", help="Per-position acceptance α in [0, 1)."),
+    acceptance_rate: float | None = typer.Option(None, "--acceptance-rate",
+                                                 help="Per-position acceptance α in [0, 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Estimate one prefill step and one decode step (datasheet roofline) and the KV capacity."""

@@ -81,8 +81,8 @@ def _print(est: Estimate) -> None:
         console.print(
             f"verify step {est.verify.seconds * 1e3:.2f} ms × {est.speculation.mean_tokens:.3g} tokens per "
             f"sequence → {est.verify_tokens_per_s:,.0f} output tok/s "
-            f"({est.verify_tokens_per_s / est.decode_tokens_per_s:.2f}× plain decode; KV capacity above "
-            "is without the drafter)")
+            f"({est.verify_tokens_per_s / est.decode_tokens_per_s:.2f}× plain decode); KV cache with the "
+            f"drafter's weights and KV: {est.kv_tokens_with_drafter:,} tokens")
     console.print(
         f"KV cache: {kv.tokens:,} tokens ({kv.bytes / 1e9:.1f} GB, "
         f"{kv.bytes_per_token / 1024:.1f} KiB/token); "

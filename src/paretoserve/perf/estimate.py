@@ -11,7 +11,7 @@ from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.memory import KvCapacity, kv_capacity
 from paretoserve.perf.roofline import Efficiency, Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape, StepTime
-from paretoserve.perf.speculative import Speculation, build_spec_decoder
+from paretoserve.perf.speculative import Speculation, build_spec_decoder, kv_tokens_with_drafter
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Estimate:
     profile: str | None = None
     speculation: Speculation | None = None
     verify: StepTime | None = None
+    kv_tokens_with_drafter: int | None = None
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -73,6 +74,7 @@ class Estimate:
             **({} if self.verify is None or self.speculation is None else {
                 "speculative": self.speculation.describe(), "verify": step(self.verify),
                 "verify_tokens_per_s": self.verify_tokens_per_s,
+                "kv_capacity_tokens_with_drafter": self.kv_tokens_with_drafter,
                 "speculative_speedup": self.verify_tokens_per_s / self.decode_tokens_per_s}),
         }
 
@@ -100,10 +102,11 @@ def estimate(model: str | ModelSpec, hardware: str | DeviceSpec, *, tp: int = 1,
     ctx = prompt if context is None else context
     prefill = model_used.step_time(StepShape(prefill=(PrefillChunk(prompt, 0, True),) * batch))
     decode = model_used.step_time(StepShape(decode=(ctx,) * batch))
-    verify = None
+    verify = kv_spec = None
     if speculation is not None:
         decoder = build_spec_decoder(speculation, spec, device, model_used, layout,
                                      weight_dtype=weight_dtype, kv_dtype=kv_dtype)
         verify = decoder.step_time((), (ctx,) * batch)
+        kv_spec = kv_tokens_with_drafter(kv, decoder)
     return Estimate(spec, device, tp, pp, batch, prompt, ctx, roofline.weight_dtype, roofline.kv_dtype,
-                    prefill, decode, kv, profile, speculation, verify)
+                    prefill, decode, kv, profile, speculation, verify, kv_spec)

@@ -18,7 +18,9 @@ Each engine step of a speculating replica (vLLM V1 / SGLang EAGLE with chain dra
   shares with the target — DeepSeek-V3's MTP module is one transformer block on the shared head
   (engine_facts.md §6 item 2), and vLLM/SGLang run the EAGLE head once per drafted token
   (§4 "Speculative decoding": with top-k 1, draft tokens = steps + 1). The drafter's forwards run
-  inside the engine step, so they carry no per-step CPU overhead of their own.
+  inside the engine step, so they carry no per-step CPU overhead of their own. EAGLE-3 heads have
+  their own LM head over a reduced draft vocabulary (32K), so pricing the target's full LM head
+  overstates their cost somewhat.
 - **memory**: the drafter's weights (draft model: all of them; heads: one decoder layer — embedding
   and head are shared) come out of the KV budget, and every token of context holds the drafter's
   KV as well as the target's (`kv_tokens_with_drafter`).
@@ -196,11 +198,16 @@ class SpecDecoder:
         return total
 
     def step_time(self, prefill: tuple[PrefillChunk, ...], contexts: tuple[int, ...]) -> StepTime:
-        """`seconds` with the verify's per-operator breakdown and the drafter as one "draft" row."""
+        """`seconds` with the verify's per-operator breakdown and the drafter as one "draft" row
+        (its FLOPs and bytes: K forwards at the step's contexts, the prompt pass left out; its bound:
+        that of the drafter's longest operator)."""
         verify = self.target.step_time(StepShape(prefill, verify_rows(contexts, self.width)))
         draft = self.draft_seconds(prefill, contexts)
-        ops = verify.ops + (OpTime(f"draft.{self.spec.method} x{self.spec.k}", draft, 0.0, 0.0, "memory"),)
-        return StepTime(verify.seconds + draft, ops)
+        one = self.drafter.step_time(StepShape(decode=contexts)) if contexts else StepTime(0.0)
+        bound = max(one.ops, key=lambda op: op.seconds).bound if one.ops else "memory"
+        k = self.spec.k
+        row = OpTime(f"draft.{self.spec.method} x{k}", draft, k * one.flops, k * one.bytes, bound)
+        return StepTime(verify.seconds + draft, verify.ops + (row,))
 
 
 def head_model(target: ModelSpec, method: str) -> ModelSpec:

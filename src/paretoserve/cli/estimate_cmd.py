@@ -31,15 +31,30 @@ def estimate_cmd(
     kv_dtype: str | None = typer.Option(None, "--kv-dtype", help="KV-cache dtype: bf16, fp8, int8."),
     gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
     profile: str | None = typer.Option(None, "--profile", help="Calibrated profile (YAML) for the hardware."),
+    speculative: str | None = typer.Option(None, "--speculative",
+                                           help="Also a verify step: mtp, eagle or draft:MODEL."),
+    num_speculative_tokens: int | None = typer.Option(None, "--num-speculative-tokens",
+                                                      help="K: tokens drafted per step."),
+    acceptance_length: float | None = typer.Option(None, "--acceptance-length",
+                                                   help="Mean tokens per verify step, accepted + 1."),
+    acceptance_rate: float | None = typer.Option(None, "--acceptance-rate",
+                                                 help="Per-position acceptance α in [0, 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Estimate one prefill step and one decode step (datasheet roofline) and the KV capacity."""
+    from paretoserve.errors import UserError
     from paretoserve.perf.estimate import estimate
+    from paretoserve.perf.speculative import Speculation
 
+    if speculative is None and (num_speculative_tokens, acceptance_length, acceptance_rate) != (None, None, None):
+        raise UserError("--num-speculative-tokens/--acceptance-length/--acceptance-rate need --speculative",
+                        field="speculative")
+    speculation = None if speculative is None else Speculation.parse(
+        speculative, num_speculative_tokens, acceptance_length, acceptance_rate)
     est = estimate(model, hardware, tp=tp, pp=pp, dp_attention=dp_attention, ep=ep, batch=batch,
                    prompt=prompt, context=context,
                    weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                   gpu_memory_utilization=gpu_memory_utilization, profile=profile)
+                   gpu_memory_utilization=gpu_memory_utilization, profile=profile, speculation=speculation)
     if as_json:
         print(json.dumps(est.to_dict(), indent=2))
         return
@@ -54,11 +69,20 @@ def _print(est: Estimate) -> None:
     for title, step in ((f"Prefill: {est.batch} × {est.prompt} prompt tokens", est.prefill),
                         (f"Decode: {est.batch} sequences at {est.context} tokens of context", est.decode)):
         console.print(_op_table(title, step))
+    if est.verify is not None and est.speculation is not None:
+        console.print(_op_table(f"Verify ({est.speculation.describe()}): {est.batch} sequences × "
+                                f"{est.speculation.width} tokens", est.verify))
     kv = est.kv
     console.print(
         f"prefill {est.prefill.seconds * 1e3:.2f} ms → {est.prefill_tokens_per_s:,.0f} prompt tok/s;  "
         f"decode step {est.decode.seconds * 1e3:.2f} ms → {est.decode_tokens_per_s:,.0f} output tok/s "
         f"({1 / est.decode.seconds:,.1f} tok/s per sequence)")
+    if est.verify is not None and est.speculation is not None and est.verify_tokens_per_s is not None:
+        console.print(
+            f"verify step {est.verify.seconds * 1e3:.2f} ms × {est.speculation.mean_tokens:.3g} tokens per "
+            f"sequence → {est.verify_tokens_per_s:,.0f} output tok/s "
+            f"({est.verify_tokens_per_s / est.decode_tokens_per_s:.2f}× plain decode); KV cache with the "
+            f"drafter's weights and KV: {est.kv_tokens_with_drafter:,} tokens")
     console.print(
         f"KV cache: {kv.tokens:,} tokens ({kv.bytes / 1e9:.1f} GB, "
         f"{kv.bytes_per_token / 1024:.1f} KiB/token); "

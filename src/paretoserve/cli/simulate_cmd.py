@@ -95,6 +95,15 @@ def simulate_cmd(
     iteration_trace: bool = typer.Option(False, "--iteration-trace", help="Also write iterations.csv."),
     step_by_step: bool = typer.Option(False, "--step-by-step",
                                       help="Simulate every iteration (reference mode, slower)."),
+    speculative: str | None = typer.Option(
+        None, "--speculative", help="Speculative decoding: mtp, eagle (heads priced as one extra target "
+                                    "layer per drafted token) or draft:MODEL (a catalog draft model)."),
+    num_speculative_tokens: int | None = typer.Option(None, "--num-speculative-tokens",
+                                                      help="K: tokens drafted per step."),
+    acceptance_length: float | None = typer.Option(
+        None, "--acceptance-length", help="Mean tokens emitted per verify step, accepted + 1, in [1, K+1]."),
+    acceptance_rate: float | None = typer.Option(
+        None, "--acceptance-rate", help="Per-position acceptance α in [0, 1); mean length (1-α^(K+1))/(1-α)."),
     out: str = typer.Option(..., "--out", "-o", help="Run folder to write."),
 ) -> None:
     """Simulate serving a workload; writes a run folder and prints the summary."""
@@ -115,7 +124,9 @@ def simulate_cmd(
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             gpu_memory_utilization=gpu_memory_utilization, kv_tokens=kv_tokens, block_size=block_size,
             prefix_caching=not no_prefix_caching, weight_dtype=weight_dtype, kv_dtype=kv_dtype, profile=profile,
-            slo=slo, iteration_trace=iteration_trace, fast=not step_by_step)
+            slo=slo, iteration_trace=iteration_trace, fast=not step_by_step, speculative=speculative,
+            num_speculative_tokens=num_speculative_tokens, acceptance_length=acceptance_length,
+            acceptance_rate=acceptance_rate)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UserError(first["msg"], field=".".join(str(part) for part in first["loc"])) from None

@@ -14,6 +14,7 @@ from paretoserve.metrics.slo import parse_slo
 from paretoserve.metrics.summary import Summary, SummaryBuilder
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.memory import KvLayout
+from paretoserve.perf.speculative import SpecDecoder
 from paretoserve.runs import RunWriter
 from paretoserve.sim.closed_loop import MeasuredWindow
 from paretoserve.sim.config import DisaggConfig, EngineConfig
@@ -39,7 +40,7 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
              fast: bool = True, on_itl: Callable[[float, int], None] | None = None,
              on_iteration: Callable[[IterationRow], None] | None = None,
              concurrency: int | None = None, warmup: int = 0,
-             kv_layout: KvLayout | None = None) -> Simulation:
+             kv_layout: KvLayout | None = None, speculative: SpecDecoder | None = None) -> Simulation:
     """Simulate serving `requests` (sorted by arrival) and stream one `RequestRecord` per request.
 
     Every replica runs `step_model` with `kv_tokens` tokens of KV cache (see `EngineConfig` for the
@@ -53,7 +54,9 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
     that many users, each sending its next request when its previous one completes; with `warmup`,
     the first `warmup` requests are a warm-up phase that drains before the rest are sent (see
     `paretoserve.sim.closed_loop`). `kv_layout` adds the blocks each sequence holds for
-    sliding-window KV and recurrent state (`paretoserve.perf.memory.KvLayout`).
+    sliding-window KV and recurrent state (`paretoserve.perf.memory.KvLayout`). `speculative`
+    turns on speculative decoding (`paretoserve.perf.speculative.build_spec_decoder`; its target
+    should be `step_model`).
 
     Example:
         >>> from paretoserve.perf.constant import LinearStepModel
@@ -71,7 +74,7 @@ def simulate(requests: Iterable[Request], *, step_model: StepTimeModel | None = 
             prefix_caching=prefix_caching, reserve_full_prompt=reserve_full_prompt,
             watermark=watermark, policy_options=dict(policy_options or {}),
             kv_bytes_per_token=kv_bytes_per_token, swap_bandwidth=swap_bandwidth,
-            max_model_len=max_model_len, devices=devices, kv_layout=kv_layout)
+            max_model_len=max_model_len, devices=devices, kv_layout=kv_layout, speculative=speculative)
     return Simulation(requests, engine=engine, replicas=replicas, router=router, disagg=disagg,
                       fast=fast, on_itl=on_itl, on_iteration=on_iteration, concurrency=concurrency,
                       warmup=warmup)

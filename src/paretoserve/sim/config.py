@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from paretoserve.errors import UserError
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.memory import KvLayout
+from paretoserve.perf.speculative import SpecDecoder
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class EngineConfig:
         devices: accelerators the replica runs on (tp × pp), for energy and cost.
         kv_layout: how a sequence holds blocks beyond ceil(context / block_size) — sliding-window
             KV and recurrent state (`KvLayout.fixed_blocks`); None: full attention only.
+        speculative: speculative decoding (verify width, drafter, acceptance sampling); None: off.
     """
 
     step_model: StepTimeModel
@@ -49,6 +51,7 @@ class EngineConfig:
     max_model_len: int | None = None
     devices: int = 1
     kv_layout: KvLayout | None = None
+    speculative: SpecDecoder | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

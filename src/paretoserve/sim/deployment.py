@@ -12,6 +12,7 @@ from paretoserve.perf.calibrated import load_step_model
 from paretoserve.perf.layout import ParallelLayout
 from paretoserve.perf.memory import kv_capacity
 from paretoserve.perf.routing import Routing
+from paretoserve.perf.speculative import Speculation, build_spec_decoder, kv_tokens_with_drafter
 from paretoserve.sim.config import DisaggConfig, EngineConfig
 from paretoserve.sim.run_config import SimulateConfig
 from paretoserve.sim.schedulers import policy_class
@@ -68,19 +69,44 @@ def _engine(cfg: SimulateConfig, model: ModelSpec, device: DeviceSpec, tp: int) 
                      max_num_batched_tokens=cfg.max_num_batched_tokens, max_num_seqs=cfg.max_num_seqs,
                      block_size=block_size, layout=layout)
     devices = tp * cfg.pp
+    spec = speculation_of(cfg)
+    decoder = None if spec is None else build_spec_decoder(
+        spec, model, device, step, layout, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+        block_size=block_size, seed=cfg.seed)
+    kv_tokens = kv.tokens if decoder is None else kv_tokens_with_drafter(kv, decoder)
     return EngineConfig(
-        step_model=step, kv_tokens=cfg.kv_tokens or kv.tokens,
+        step_model=step, kv_tokens=cfg.kv_tokens or kv_tokens,
         block_size=block_size, policy=cfg.policy, max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=cfg.max_num_batched_tokens, prefix_caching=cfg.prefix_caching,
         policy_options=dict(cfg.policy_options), kv_bytes_per_token=kv.bytes_per_token,
         swap_bandwidth=device.pcie_bandwidth * devices, max_model_len=model.max_position_embeddings,
-        devices=devices, kv_layout=kv.layout)
+        devices=devices, kv_layout=kv.layout, speculative=decoder)
+
+
+def speculation_of(cfg: SimulateConfig) -> Speculation | None:
+    """The config's speculative-decoding settings (None: off); UserError for stray companions."""
+    if cfg.speculative is None:
+        if (cfg.num_speculative_tokens, cfg.acceptance_length, cfg.acceptance_rate) != (None, None, None):
+            raise UserError("--num-speculative-tokens/--acceptance-length/--acceptance-rate need "
+                            "--speculative", field="speculative")
+        return None
+    return Speculation.parse(cfg.speculative, cfg.num_speculative_tokens, cfg.acceptance_length,
+                             cfg.acceptance_rate)
 
 
 def _describe(engine: EngineConfig) -> dict[str, object]:
-    return {"devices": engine.devices, "kv_tokens": engine.num_blocks * engine.block_size,
-            "block_size": engine.block_size,
-            "kv_bytes_per_token": engine.kv_bytes_per_token}
+    described: dict[str, object] = {
+        "devices": engine.devices, "kv_tokens": engine.num_blocks * engine.block_size,
+        "block_size": engine.block_size, "kv_bytes_per_token": engine.kv_bytes_per_token}
+    decoder = engine.speculative
+    if decoder is not None:
+        described["speculative"] = {
+            "settings": decoder.spec.describe(), "verify_width": decoder.width,
+            "mean_tokens_per_step": decoder.spec.mean_tokens,
+            "drafter": decoder.draft_name,
+            "drafter_weight_bytes_per_device": decoder.draft_weight_bytes,
+            "drafter_kv_bytes_per_token_per_device": decoder.draft_kv_bytes_per_token}
+    return described
 
 
 def kv_link(device: DeviceSpec, prefill_replicas: int, prefill_tp: int, decode_replicas: int,

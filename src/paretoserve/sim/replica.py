@@ -28,6 +28,16 @@ its own gap since its previous token. Prefill-only iterations add their time to 
 sequences that were decoding before them (a sequence whose first token came from one of them is
 given the plain iteration gap: an approximation).
 
+Speculative decoding (`config.speculative`): every step draws the tokens each decoding sequence
+emits, accepted + 1 (`paretoserve.perf.speculative.AcceptanceSampler`, seeded per replica; every
+sequence of one step accepts the same number, so the decode set still advances together), and the
+decode-token counter G advances by that many. The step allocates KV blocks for those tokens
+(preempting while they do not fit), counts K + 1 tokens per decoding sequence against the token
+budget, and takes its time from `SpecDecoder.seconds` (verify K + 1 wide, K drafter forwards).
+A sequence that needs fewer tokens to finish emits only those (its KV for the rest is released
+with it). ITL follows the client convention (`paretoserve.bench.client`): a step of d seconds that
+emits r tokens to a sequence adds r gaps of d / r. The fast path is off: each step is taken alone.
+
 With pipeline stages (pp > 1) a replica is a `paretoserve.sim.pipeline.PipelineReplica` of pp
 lanes, each a `Replica` sharing one block manager and waiting queue (`lane=True`, no fast path).
 
@@ -76,7 +86,7 @@ class Replica:
         "now", "end", "k", "n_step", "cs_step", "horizon", "swap_s", "preempted_now", "all_slots",
         "unsteady", "pf_only", "stall_s", "stall_n", "lane",
         "pf_seqs", "pf_tokens", "joiners", "outstanding", "version",
-        "busy_s", "iterations", "steps", "preemptions",
+        "busy_s", "iterations", "steps", "preemptions", "spec", "accept", "adv", "width",
     )
 
     def __init__(self, index: int, config: EngineConfig, *, fast: bool = True,
@@ -138,6 +148,10 @@ class Replica:
         self.iterations = 0
         self.steps = 0
         self.preemptions = 0
+        self.spec = config.speculative
+        self.accept = self.spec.sampler(index) if self.spec is not None else None
+        self.adv = 1                              # tokens each decoding sequence gains this step
+        self.width = self.spec.width if self.spec is not None else 1  # query tokens per decode
 
     # ------------------------------------------------------------------ inputs
     def idle(self, t: float) -> bool:
@@ -164,13 +178,18 @@ class Replica:
         sched = self.scheduler
         budget = self.max_tokens
         self.pf_only = False
+        if self.accept is not None:
+            self.adv = self.accept.draw()
         if sched.prefill_first and (self.prefilling or len(sched)):
             self.pf_only = True  # admission sees a prefill-only iteration being built
             self._prefill(budget)
             self.pf_only = bool(self.pf_seqs)
         if not self.pf_only:
             n = self.n_dec
-            if n:
+            if n and self.spec is not None:
+                self._allocate_ahead()
+                budget -= self.n_dec * self.width
+            elif n:
                 need = self.hist[-self.G % self.bs]
                 if need <= kv.free:
                     if need:
@@ -193,7 +212,11 @@ class Replica:
         cs = self.key_sum + n * (self.G + 1)  # Σ (context + 1) over decoding sequences
         model = self.model
         k = 1
-        if self.pf_seqs:
+        if self.spec is not None:
+            chunks = tuple(PrefillChunk(t, s.computed, s.computed + t == s.prompt + s.generated)
+                           for s, t in zip(self.pf_seqs, self.pf_tokens, strict=True))
+            d = self.spec.seconds(chunks, self._contexts(n, cs) if n else ())
+        elif self.pf_seqs:
             chunks = tuple(PrefillChunk(t, s.computed, s.computed + t == s.prompt + s.generated)
                            for s, t in zip(self.pf_seqs, self.pf_tokens, strict=True))
             d = model.seconds(StepShape(chunks, self._contexts(n, cs) if n else ()))
@@ -218,7 +241,8 @@ class Replica:
             if need:
                 self.kv.take(need)
         duration = t - self.now
-        G = self.G = self.G + (0 if self.pf_only else k)
+        g_before = self.G
+        G = self.G = self.G + (0 if self.pf_only else k * self.adv)
         self.busy_s += duration
         self.iterations += k
         self.steps += 1
@@ -227,6 +251,8 @@ class Replica:
             if self.n_dec:
                 self.stall_n = self.stall_n or self.n_dec
                 self.stall_s += duration
+        elif n and self.spec is not None:
+            self._spec_itl(t, duration, n, g_before)
         elif n:
             regular = n - len(joiners)
             stalled = min(self.stall_n, regular)
@@ -303,7 +329,8 @@ class Replica:
         # Sliding-window KV and recurrent state: reserved at admission for the sequence's longest
         # context (prompt + output), as `KvCapacity.max_sequences` counts them.
         fixed = self.layout.fixed_blocks(seq.prompt + seq.output) if self.layout else 0
-        need = (computed + tokens + bs - 1) // bs - base + fixed
+        joins = remaining == 1 and seq.generated > 0  # its KV is all here: it decodes at once
+        need = (computed + (self.adv if joins else tokens) + bs - 1) // bs - base + fixed
         check = (num_tokens + bs - 1) // bs - base + fixed if self.reserve_full else need
         if check + evictable_hits + kv.watermark_blocks > kv.free:
             # Evicting an entry it would use only in part could let it in during a decode run.
@@ -327,7 +354,7 @@ class Replica:
             seq.scheduled_s = self.now
         seq.state = RUNNING
         self.running[seq] = None
-        if remaining == 1 and seq.generated:
+        if joins:
             # Its KV is all here (transferred or swapped in): it decodes in this very iteration.
             seq.slot_g = self.G
             self._join_decode(seq, computed, seq.generated)
@@ -365,8 +392,8 @@ class Replica:
             seq.computed = c
             seq.generated = seq.g_key + G
             slot = self.all_slots == G or seq.slot_g == G
-            blocks = (c + slot + bs - 1) // bs
-            freed = int(slot)
+            blocks = (c + (self.adv if slot else 0) + bs - 1) // bs
+            freed = self.width if slot else 0
             self._leave_decode(seq)
             if seq.slot_g == G and seq in self.joiners:
                 self.joiners.remove(seq)
@@ -420,6 +447,38 @@ class Replica:
             if seq.in_decode:
                 kv.take(1)
                 seq.slot_g = G
+
+    def _allocate_ahead(self) -> None:
+        """Speculation: blocks for the `adv` tokens every decoding sequence gains this step (counter
+        values G … G + adv − 1), preempting the policy's victims until they fit."""
+        kv, sched = self.kv, self.scheduler
+        need = self._blocks_needed(self.G, self.adv)
+        while need > kv.free and self.n_dec:
+            self.preempt(sched.victim(self))
+            need = self._blocks_needed(self.G, self.adv)
+        if need:
+            kv.take(need)
+        self.all_slots = self.G
+
+    def _spec_itl(self, t: float, duration: float, n: int, g_before: int) -> None:
+        """Speculation: the gaps of one step (module docstring). A sequence that finishes in it
+        emits only the tokens it still needed; a joiner's gap runs from its previous token."""
+        a = self.adv
+        joiners = self.joiners
+        short = [g - g_before for g, _, seq in self.done_heap
+                 if g - g_before < a and seq.in_decode and seq.g_done == g and seq not in joiners]
+        full = n - len(joiners) - len(short)
+        stalled = min(self.stall_n, full)
+        if stalled:
+            self.on_itl((duration + self.stall_s) / a, stalled * a)
+        if full > stalled:
+            self.on_itl(duration / a, (full - stalled) * a)
+        for r in short:
+            self.on_itl(duration / r, r)
+        for seq in joiners:
+            r = min(a, seq.g_done - g_before)
+            self.on_itl((t - seq.last_token_s) / r, r)
+        joiners.clear()
 
     def _continue_prefills(self, budget: int) -> int:
         """Give running partial prefills their next chunk (in admission order)."""

@@ -25,7 +25,10 @@ class SimulateConfig(BaseModel):
     loop of that many users over `warmup` warm-up requests (drained before the measured ones start)
     and `requests` measured ones, summarised by `window`: "steady" leaves out the first 2·C and
     last C measured completions, "all" keeps the ramp-up and drain as aiperf does
-    (`paretoserve.sim.closed_loop`). Reporting: `slo`,
+    (`paretoserve.sim.closed_loop`). Speculative decoding (`paretoserve.perf.speculative`):
+    `speculative` = "mtp", "eagle" or "draft:MODEL" with `num_speculative_tokens` K and one of
+    `acceptance_length` (mean tokens per verify step) and `acceptance_rate` (per position); the
+    acceptance is sampled with `seed`. Reporting: `slo`,
     `activity` (energy model), `iteration_trace`; `fast=False` simulates iteration by iteration.
     """
 
@@ -71,6 +74,10 @@ class SimulateConfig(BaseModel):
     activity: float = Field(DEFAULT_ACTIVITY, ge=0, le=1)
     iteration_trace: bool = False
     fast: bool = True
+    speculative: str | None = None
+    num_speculative_tokens: int | None = None
+    acceptance_length: float | None = None
+    acceptance_rate: float | None = None
 
     @property
     def closed_loop(self) -> bool:

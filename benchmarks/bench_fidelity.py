@@ -57,7 +57,7 @@ from paretoserve.calibrate.moe_fit import leave_one_shape_out, read_moe_table
 from paretoserve.calibrate.moe_fit import predict as moe_predict
 from paretoserve.calibrate.mla_fit import fit_mla_tables
 from paretoserve.calibrate.point_replay import error_summary, predict_points
-from paretoserve.calibrate.points import map_row, read_points
+from paretoserve.calibrate.points import map_rows, read_points
 from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
 from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
@@ -111,7 +111,7 @@ def profiles(folder: Path) -> tuple[dict[str, Path], dict]:
 
 
 def point_rows(profile: Path) -> list[dict]:
-    rows = [map_row(row, line, str(POINTS)) for line, row in read_points(POINTS)]
+    rows = map_rows(read_points(POINTS), str(POINTS))
     datasheet = error_summary(predict_points(rows))
     calibrated = error_summary(predict_points(rows, profile=str(profile)))
     out = []

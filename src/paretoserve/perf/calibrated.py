@@ -8,7 +8,7 @@ Same operator structure as `Roofline` for a model on `tp × pp` devices, but:
 - **attention** of GQA layers takes context-attention efficiency for the prefill chunks (batch =
   chunks, length = the prompt length whose causal pairs equal the chunks' mean pairs) and
   generation-attention efficiency for the decodes (batch = decodes, length = mean context);
-- **tensor-parallel all-reduce** takes the fitted all-reduce efficiency when there is one;
+- **all-reduces** (the roofline's, by layout) take the fitted all-reduce efficiency when there is one;
 - everything else (norms, embedding, MLA and Mamba mixers, routed experts, pipeline send/recv) is
   the roofline formula with default efficiencies.
 
@@ -146,13 +146,12 @@ class Calibrated(StepTimeModel):
         self._n_const: dict[int, float] = {}
 
     # ------------------------------------------------------------------ structure
-    def _table_ops(self) -> tuple[list[_Gemm], list[_Attn], tuple[int, float] | None]:
+    def _table_ops(self) -> tuple[list[_Gemm], list[_Attn], bool]:
         m, tp = self.model, self.tp
         h = m.hidden_size
         gemms: dict[tuple, int] = {}
         attn: dict[tuple, int] = {}
         has_mla = any(layer.attention.kind == "mla" for layer in m.layers)
-        reduces = 0
 
         def gemm(name: str, layers: int, n: float, k: float, kind: str, sampled: bool = False) -> None:
             key = (name, n, k, sampled, kind)
@@ -179,17 +178,12 @@ class Calibrated(StepTimeModel):
                 gemm(name, count, h, mlp.intermediate / tp, "mlp")
             if mlp.kind == "moe":
                 gemm("moe.router", count, mlp.num_experts, h, "router")
-            if tp > 1:
-                reduces += count * ((att.kind != "none") + (mlp.kind != "none"))
         gemm("lm_head", 1, m.vocab_size / tp, h, "lm_head", sampled=True)
         gemm_ops = [_Gemm(name, layers, n, k, s, kind) for (name, n, k, s, kind), layers in gemms.items()]
         attn_ops = []
         if not has_mla and "context_attention" in self.kernels and "generation_attention" in self.kernels:
             attn_ops = [_Attn(layers, *key) for key, layers in attn.items()]
-        allreduce = None
-        if tp > 1 and reduces and "allreduce" in self.kernels:
-            allreduce = (reduces, h * 2.0)
-        return gemm_ops, attn_ops, allreduce
+        return gemm_ops, attn_ops, bool(self.roof.allreduces) and "allreduce" in self.kernels
 
     def _scale(self, c: np.ndarray, mem: np.ndarray) -> np.ndarray:
         """Factor applied to a kernel of ideal compute time `c` and memory time `mem`."""
@@ -331,15 +325,17 @@ class Calibrated(StepTimeModel):
         return ops_seconds(self.rest, agg)
 
     def _allreduce_seconds(self, tokens: float) -> float:
-        """All-reduce seconds of a step: from the table fit if there is one, else `perf.comm`."""
+        """All-reduce seconds of a step (the roofline's `allreduces_of` layout): from the table fit
+        if there is one, else `perf.comm`."""
         if not self._allreduce:
             return self.roof.allreduce_seconds(tokens)
         if not tokens:
             return 0.0
-        count, per_token = self._allreduce
         fit = self.kernels["allreduce"]
-        size = np.array([tokens * per_token])
-        return count * float(fit.seconds(self.device, {"message_size": size}, {"num_gpus": self.tp})[0])
+        row = self.model.hidden_size * self.roof.act_bytes
+        return sum(ar.blocks * float(fit.seconds(self.device, {"message_size": np.array([ar.token_scale * tokens * row])},
+                                                 {"num_gpus": ar.gpus})[0])
+                   for ar in self.roof.allreduces)
 
     # ------------------------------------------------------------------ public interface
     def pp_send_seconds(self, tokens: int) -> float:
@@ -397,8 +393,8 @@ class Calibrated(StepTimeModel):
                             else op.bound_if_memory if nbytes else "overhead")
             ops.append(OpTime(op.name, seconds, op.layers * flops, op.layers * nbytes, bound))
         if self.roof.allreduces and tokens:
-            ops.append(OpTime("tp.allreduce", self._allreduce_seconds(tokens), 0.0,
-                              self.roof.allreduces * tokens * self.model.hidden_size * self.roof.act_bytes, "comm"))
+            ops.append(OpTime("tp.allreduce", self._allreduce_seconds(tokens), 0.0, self.roof.allreduce_bytes(tokens),
+                              "comm"))
         if self._attn:
             pf = self._prefill_attention(len(shape.prefill), agg[PF_PAIRS], agg[PF_PAIRS_W], agg[PF_TOKENS],
                                          agg[PF_KV], agg[PF_KV_W])

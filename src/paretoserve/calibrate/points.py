@@ -32,9 +32,8 @@ Rules (the AIC benchmark generator's, engine_facts.md §1):
   of a row that has the counts is the same measurement in another dump and takes that row's per-role
   columns (worker counts, batch sizes and the layout, which the newer dump writes as attention TP 1
   × attention-DP where the older one wrote TP; the twin's concurrency must match the id's); the
-  others stay unrepresented — their worker counts cannot be
-  derived (decode concurrency = batch × workers has no unique factorisation, and nothing in the
-  row constrains the prefill workers);
+  others stay unrepresented — their worker counts cannot be derived (decode concurrency = batch ×
+  workers has no unique factorisation, and nothing in the row constrains the prefill workers);
 - SGLang (`sglang` policy): max_running_requests = the generator's max batch size (128, or the
   row's batch when larger; 1 for prefill workers); chunked_prefill_size by GPU memory (8192 on
   H100); max_prefill_tokens = ISL + 1500 (aggregated, prefill), the max batch size (decode); mixed

@@ -20,7 +20,8 @@ what was covered. Errors are relative, (predicted − measured) / measured, in %
 4. Kernel tables, leave-one-out (H100, vLLM 0.19.0): median and p90 APE per kernel kind, as
    `calibrate --kernels` stores them in the profile (the computation bench_calibration reports);
    and the MLA module tables (DeepSeek-V3 shapes) against the MLA constants fitted on them
-   (`paretoserve.calibrate.mla_fit`), baseline the datasheet MLA model.
+   (`paretoserve.calibrate.mla_fit`; `calibrate --kernels` stores them in the profile, which the
+   calibrated point predictions use), baseline the datasheet MLA model.
 5. Fused MoE (grouped GEMM, `perf/grouped_gemm.py`), leave-one-shape-out on the H100 vLLM 0.19.0
    moe_perf balanced rows per dtype (baseline: the previous roofline formula, 3 µs + max(FLOPs /
    70% peak, bytes / 80% bandwidth)); EP all-to-all (`perf/alltoall.py`), leave-one-out on the
@@ -57,7 +58,7 @@ from paretoserve.calibrate.moe_fit import leave_one_shape_out, read_moe_table
 from paretoserve.calibrate.moe_fit import predict as moe_predict
 from paretoserve.calibrate.mla_fit import fit_mla_tables
 from paretoserve.calibrate.point_replay import error_summary, predict_points
-from paretoserve.calibrate.points import map_row, read_points
+from paretoserve.calibrate.points import map_rows, read_points
 from paretoserve.calibrate.run_fit import compare_table, run_setup, simulate_setup, step_model_for
 from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
@@ -111,7 +112,7 @@ def profiles(folder: Path) -> tuple[dict[str, Path], dict]:
 
 
 def point_rows(profile: Path) -> list[dict]:
-    rows = [map_row(row, line, str(POINTS)) for line, row in read_points(POINTS)]
+    rows = map_rows(read_points(POINTS), str(POINTS))
     datasheet = error_summary(predict_points(rows))
     calibrated = error_summary(predict_points(rows, profile=str(profile)))
     out = []
@@ -208,8 +209,11 @@ def splitwise_rows(folder: Path, paths: dict[str, Path]) -> list[dict]:
 
 
 def loo_rows(fit: dict) -> list[dict]:
+    """The profile's fit quality per kernel kind (its MLA entries are `mla_rows`, with the constants)."""
     out = []
     for kind, stats in fit.items():
+        if kind.startswith("mla_"):
+            continue
         for stat in ("median", "p90"):
             out.append(_pair(f"kernel LOO H100 {kind} {stat} APE", stats[f"loo_{stat}"], stats[f"datasheet_{stat}"],
                              f"{stats['points']:,} points" if stat == "median" else ""))

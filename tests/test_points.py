@@ -14,13 +14,21 @@ from typer.testing import CliRunner
 import paretoserve.cli.commands  # noqa: F401  (registers the commands)
 from browser import render_in_chromium
 from paretoserve.calibrate.point_replay import COLLECTED, STEADY, PointPrediction, error_summary, predict_point
-from paretoserve.calibrate.points import PointDeployment, Role, map_row, parse_where, read_points, select
+from paretoserve.calibrate.points import (
+    PointDeployment,
+    Role,
+    map_row,
+    map_rows,
+    parse_where,
+    read_points,
+    select,
+)
 from paretoserve.catalog.device import load_device
 from paretoserve.catalog.model import load_model
 from paretoserve.cli.app import app
 from paretoserve.errors import UserError
 from paretoserve.perf.layout import ParallelLayout
-from paretoserve.perf.memory import runtime_reserve_bytes, weight_bytes
+from paretoserve.perf.memory import expert_weight_bytes, runtime_reserve_bytes, weight_bytes
 from paretoserve.perf.roofline import Roofline
 from paretoserve.perf.shape import PrefillChunk, StepShape
 from prereq import missing
@@ -38,6 +46,9 @@ DISAGG = "qwen3_32b_qwen3_32b_h100_sxm_vllm_disagg_4000x1000_c_tp_epnone_2"
 SGLANG = "qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_sglang_agg_1024x128_c16_tp2_epnone_1"
 TRTLLM = ("meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_"
           "1024x128_c8_tp1_epnone_1")
+GPT_OSS_TRT = "openai_gpt_oss_120b_openai_gpt_oss_120b_h100_sxm_trtllm_agg_4000x1000_c192_tp4_epnone_1"
+OLD_DSR1 = "2026_03_25_deepseek_r1_h100_sxm_trtllm_fp8_disagg_1024x1024_c6_tp16_0_ep16_0_859"
+DSR1_CFG = "dsr1_h100_trtllm_fp8_disagg_1024x1024_c6_cfg494"
 
 
 def point(row_id: str) -> PointDeployment:
@@ -60,7 +71,7 @@ def _ids_exist():
     if POINTS is None:
         missing("../shared/data/silicon/h100_sxm_silicon.csv not present")
     ROWS.update({row["id"]: (line, row) for line, row in read_points(POINTS)})
-    for row_id in (DENSE, FP8, EP, ADP, DISAGG, SGLANG, TRTLLM):
+    for row_id in (DENSE, FP8, EP, ADP, DISAGG, SGLANG, TRTLLM, GPT_OSS_TRT, OLD_DSR1, DSR1_CFG):
         assert row_id in ROWS, row_id
 
 
@@ -154,6 +165,39 @@ def test_trtllm_row_runs_trtllm_as_the_generator_launched_it():
                               policy_options=(("chunked_prefill", 0.0),)),)
     prediction = predict_point(got, protocol=STEADY)
     assert prediction.ttft_s is not None and prediction.tpot_s is not None
+
+
+def test_trtllm_row_with_concurrency_batch_times_tp_ran_attention_dp():
+    """gpt-oss-120b TRT-LLM, tp 4, attention-DP blank, moe_tp 4 × moe_ep 1, batch 48, id c192:
+    192 = 48 × 4 and the MoE columns account for 4 GPUs, so attention TP 1 × attention-DP 4 with 48
+    users per rank (engine_facts §1: TRT-LLM with ADP runs attention TP 1, ADP = GPUs). The KV share
+    counts the weights one GPU holds: all non-expert weights + a quarter of the experts (fp8)."""
+    got = point(GPT_OSS_TRT)
+    model, device = load_model("gpt-oss-120b"), load_device("h100_sxm")
+    experts = expert_weight_bytes(model, "fp8")
+    per_gpu = weight_bytes(model, "fp8") - experts + experts / 4
+    tokens = -(-(128 + 4000 + 1500) // 32) * 32
+    held = (per_gpu + runtime_reserve_bytes(model, 1, tokens, 128)) / device.mem_capacity
+    (role,) = got.roles
+    assert (role.tp, role.attention_dp, role.moe_tp, role.moe_ep, role.batch_size) == (1, 4, 4, 1, 48)
+    assert role.layout() == ParallelLayout(tp=1, attention_dp=4, moe_tp=4, ep=1)
+    assert role.max_num_batched_tokens == tokens and role.gpu_memory_utilization == pytest.approx(0.8 + 0.2 * held)
+    assert (got.concurrency, got.unsupported) == (192, None)
+
+
+def test_older_dump_row_takes_the_worker_counts_of_the_same_measurement():
+    """The 2026-03-25 DeepSeek-R1 TRT-LLM 1024×1024 c6 row (no worker counts) has the same mean TTFT
+    and TPOT, engine, lengths and 16 + 16 GPUs per role as the cfg494 db-dump row, which records 1
+    prefill worker (attention TP 1 × DP 16, EP 16) and 3 decode workers (TP 16, EP 16) at batch 2:
+    3 × 2 = 6 users, the id's c6. Alone (no twin) the row stays unrepresented."""
+    (line, old), (twin_line, twin) = ROWS[OLD_DSR1], ROWS[DSR1_CFG]
+    assert old["silicon_ttft_ms"][:12] == twin["silicon_ttft_ms"][:12] and old["prefill_num_workers"] == ""
+    got = {p.id: p for p in map_rows([(line, old), (twin_line, twin)], str(POINTS))}[OLD_DSR1]
+    prefill, decode = got.roles
+    assert (prefill.workers, prefill.tp, prefill.attention_dp, prefill.moe_ep, prefill.batch_size) == (1, 1, 16, 16, 1)
+    assert (decode.workers, decode.tp, decode.attention_dp, decode.moe_ep, decode.batch_size) == (3, 16, 1, 16, 2)
+    assert (got.concurrency, got.unsupported, got.model) == (6, None, "DeepSeek-R1")
+    assert "no row records the same measurement" in map_rows([(line, old)])[0].unsupported
 
 
 def test_unsupported_engines_precisions_and_old_dumps():

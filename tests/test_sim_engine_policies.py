@@ -127,3 +127,20 @@ def test_sglang_memory_defaults_on_an_h100():
     assert chunked_prefill_size(memory) == 8192
     assert mem_fraction_static(memory, 2, 1, "0.5.1.post1") == pytest.approx(0.867, abs=5e-4)
     assert mem_fraction_static(memory, 2, 1, "0.5.8.post1") == pytest.approx((81075 - 13568) / 81075, abs=5e-4)
+
+
+def test_trtllm_reserves_the_sliding_window_blocks_too():
+    """10 blocks of 32 tokens; a KV layout whose sliding-window layers take as many bytes per token
+    as the growing ones, capped at 2 blocks (KvLayout.fixed_blocks). Each request (20 + 45 tokens)
+    starts on 1 + 1 blocks and ends holding ceil(64 / 32) = 2 growing blocks + min(2, 2) × 32 × 1 / 32
+    = 2 window blocks = 4 blocks, so two fit in 10 and the third waits for the first to finish
+    (counting only the 2 growing blocks would admit all three, and at 12 blocks the block manager
+    would run out of its 10)."""
+    from paretoserve.perf.memory import KvLayout
+
+    layout = KvLayout(block_size=32, growing_bytes_per_token=1.0, window_bytes_per_token=1.0, window_blocks=2)
+    requests = [Request(name, 0.0, 20, 45) for name in "abc"]
+    trt = run(requests, "trtllm", kv_tokens=320, block_size=32, prefix_caching=False, kv_layout=layout)
+    assert trt["a"].scheduled_s == trt["b"].scheduled_s == 0.0
+    assert trt["c"].scheduled_s == pytest.approx(trt["a"].last_token_s)
+    assert all(r.preemptions == 0 for r in trt.values())

@@ -26,6 +26,7 @@ from paretoserve.calibrate.kernel_fit import (
     per_group,
 )
 from paretoserve.calibrate.kernel_tables import KernelTable, find_kernel_tables, load_kernel_table
+from paretoserve.calibrate.mla_fit import find_mla_tables, fit_mla, read_mla_terms
 from paretoserve.calibrate.transfer import (
     TRANSFER_KINDS,
     TransferMap,
@@ -86,7 +87,9 @@ def calibrate_kernels(directory: str | os.PathLike[str], device: str | DeviceSpe
 
     With `quality`, leave-one-out errors per kernel kind (and the datasheet roofline's error, the
     baseline) are stored in `Profile.fit`. `device` defaults to the one the tables record; a table
-    recording a different device than `device` is a `UserError`.
+    recording a different device than `device` is a `UserError`. Where the folder has MLA module
+    tables (`mla_fit.find_mla_tables`), the MLA constants of each phase are fitted too
+    (`Profile.mla`; their quality under `fit` as "mla_context" / "mla_generation").
     """
 
     tables = find_kernel_tables(directory, framework=framework, version=version)
@@ -94,9 +97,13 @@ def calibrate_kernels(directory: str | os.PathLike[str], device: str | DeviceSpe
     check_device(tables, dev)
     engine, engine_version = _engine(tables)
     fits = fit_tables(tables, dev)
-    sources = ", ".join(str(Path(t.source)) for t in tables.values())
+    mla_paths = find_mla_tables(directory, framework=framework, version=version)
+    mla = {phase: fit_mla(read_mla_terms(path, dev, phase), phase) for phase, path in mla_paths.items()}
+    sources = ", ".join([*(str(Path(t.source)) for t in tables.values()), *map(str, mla_paths.values())])
+    quality_rows = {**fit_quality(tables, dev), **{f"mla_{phase}": f.quality() for phase, f in mla.items()}}
     return Profile(device=dev.name, kind="kernels", engine=engine, engine_version=engine_version,
-                   source=sources, kernels=fits, fit=fit_quality(tables, dev) if quality else {})
+                   source=sources, kernels=fits, mla={phase: f.constants for phase, f in mla.items()},
+                   fit=quality_rows if quality else {})
 
 
 def transfer_profile(reference: Profile, directory: str | os.PathLike[str],

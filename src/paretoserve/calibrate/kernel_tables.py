@@ -245,7 +245,7 @@ def find_kernel_tables(directory: str | Path, *, framework: str = "vllm",
         raise UserError("kernel-table folder not found", file=str(root))
     found: dict[str, KernelTable] = {}
     for kind, stems in FILE_STEMS.items():
-        path = _pick(root, stems, framework, version)
+        path = pick_table(root, stems, framework, version)
         if path is not None:
             found[kind] = load_kernel_table(path, kind)  # type: ignore[arg-type]
     if not found:
@@ -255,7 +255,7 @@ def find_kernel_tables(directory: str | Path, *, framework: str = "vllm",
     return found
 
 
-def _pick(root: Path, stems: tuple[str, ...], framework: str, version: str | None) -> Path | None:
+def pick_table(root: Path, stems: tuple[str, ...], framework: str, version: str | None) -> Path | None:
     """A flat file if there is one; else the engine's (or NCCL's) table of `version`, newest if None.
 
     Stems are in order of preference (vLLM's custom all-reduce before NCCL's).

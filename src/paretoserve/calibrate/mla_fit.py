@@ -25,11 +25,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from scipy.optimize import least_squares
 
+from paretoserve.calibrate.kernel_tables import pick_table
 from paretoserve.catalog.device import DeviceSpec
 from paretoserve.catalog.dtypes import dtype_bytes
 from paretoserve.catalog.model import AttentionSpec
 from paretoserve.errors import UserError
-from paretoserve.perf.mla import mla_ops
+from paretoserve.perf.mla import MlaConstants, mla_ops
 from paretoserve.perf.roofline import Efficiency
 
 #: Table stem of each phase.
@@ -79,6 +80,17 @@ class MlaFit:
     loo_p90: float
     datasheet_median: float
     datasheet_p90: float
+
+    @property
+    def constants(self) -> MlaConstants:
+        """The fitted constants, as profiles store them and `Calibrated` uses them."""
+        return MlaConstants(self.gemm, self.gemm_fp8, self.attention, self.memory, self.fixed_s)
+
+    def quality(self) -> dict[str, float]:
+        """Fit quality as a profile's `fit` entry (APE fractions, rounded)."""
+        return {"points": self.rows, "loo_median": round(self.loo_median, 5), "loo_p90": round(self.loo_p90, 5),
+                "datasheet_median": round(self.datasheet_median, 5),
+                "datasheet_p90": round(self.datasheet_p90, 5)}
 
 
 def read_mla_terms(path: str | Path, device: DeviceSpec, phase: str) -> MlaTerms:
@@ -166,6 +178,18 @@ def fit_mla(terms: MlaTerms, phase: str) -> MlaFit:
     return MlaFit(phase, *(float(x) for x in e), len(r),
                   float(np.median(np.abs(np.expm1(r)))), float(np.median(loo_ape)),
                   float(np.percentile(loo_ape, 90)), float(np.median(sheet)), float(np.percentile(sheet, 90)))
+
+
+def find_mla_tables(directory: str | Path, *, framework: str = "vllm",
+                    version: str | None = None) -> dict[str, Path]:
+    """The MLA module table of each phase under `directory` (flat, or `mla/<framework>/<version>/`
+    as `kernel_tables.find_kernel_tables` picks tables); phases without one are left out."""
+    out = {}
+    for phase, stem in MLA_TABLES.items():
+        path = pick_table(Path(directory), (stem,), framework, version)
+        if path is not None and path.suffix == ".parquet":
+            out[phase] = path
+    return out
 
 
 def fit_mla_tables(folder: str | Path, device: DeviceSpec) -> dict[str, MlaFit]:

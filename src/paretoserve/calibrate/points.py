@@ -20,7 +20,20 @@ Rules (the AIC benchmark generator's, engine_facts.md §1):
   prefill workers 1 sequence and ISL + 1500 tokens; prefix caching off (random prompts);
 - layout (`Role.layout`, engine-independent): attention TP `tp_size` × attention-DP
   `attention_dp_size` GPUs per stage, experts split as `moe_tp_size` × `moe_ep_size` (blank or 0:
-  sharded like attention over tp × DP); caps and batch size are per attention-DP rank.
+  sharded like attention over tp × DP); caps and batch size are per attention-DP rank;
+- attention-DP left blank (TRT-LLM aggregated MoE rows): when the concurrency the row states
+  (`_c<N>` in its id) is batch × tp while moe_tp × moe_ep = tp, the row ran attention-DP over its
+  tp GPUs — engine_facts §1: with ADP these engines run attention TP 1 and attention-DP = GPUs per
+  replica, and batch_size is per attention-DP rank — so it maps to tp 1 × attention-DP tp (an
+  inference: the table does not record `enable_attention_dp`; the other reading, tp replicas of
+  TP tp, would need tp² GPUs where the MoE columns account for tp);
+- disaggregated rows of the older dumps (no worker counts, `map_rows`): a row whose engine, ISL, OSL,
+  GPUs per prefill and per decode instance and measured mean TTFT and TPOT (to 10⁻⁶ ms) equal those
+  of a row that has the counts is the same measurement in another dump and takes that row's per-role
+  columns (worker counts, batch sizes and the layout, which the newer dump writes as attention TP 1
+  × attention-DP where the older one wrote TP; the twin's concurrency must match the id's); the
+  others stay unrepresented — their worker counts cannot be derived (decode concurrency = batch ×
+  workers has no unique factorisation, and nothing in the row constrains the prefill workers);
 - SGLang (`sglang` policy): max_running_requests = the generator's max batch size (128, or the
   row's batch when larger; 1 for prefill workers); chunked_prefill_size by GPU memory (8192 on
   H100); max_prefill_tokens = ISL + 1500 (aggregated, prefill), the max batch size (decode); mixed
@@ -29,22 +42,23 @@ Rules (the AIC benchmark generator's, engine_facts.md §1):
   version, turned into the simulator's gpu_memory_utilization by adding its activation reserve;
 - TensorRT-LLM (`trtllm` policy): max_batch_size as SGLang's; max_num_tokens = max_batch_size + ISL
   + 1500 (aggregated), ISL + 1500 (prefill), max_batch_size (decode), rounded up to 32; tokens per
-  block 32; no chunked context; KV = 0.80 of the memory left after weights and activations
-  (`free_gpu_memory_fraction`), turned into the equivalent gpu_memory_utilization.
+  block 32; no chunked context; KV = 0.80 of the memory left after the weights one GPU of the
+  layout holds and activations (`free_gpu_memory_fraction`), turned into the equivalent
+  gpu_memory_utilization.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from paretoserve.catalog.device import DeviceSpec, load_device
 from paretoserve.catalog.model import ModelSpec, load_model
 from paretoserve.errors import UserError
 from paretoserve.perf.layout import ParallelLayout
-from paretoserve.perf.memory import runtime_reserve_bytes, weight_bytes
+from paretoserve.perf.memory import runtime_reserve_bytes, weight_bytes_per_device
 from paretoserve.perf.roofline import gemm_compute_dtype
 from paretoserve.sim.schedulers.sglang import chunked_prefill_size, mem_fraction_static
 
@@ -239,10 +253,12 @@ def _generator_tokens(name: str, max_batch: int, isl: int) -> int:
     return {"prefill": isl + 1500, "decode": max_batch}.get(name, max_batch + isl + 1500)
 
 
-def _engine_settings(backend: str, name: str, batch: int, isl: int, tp: int, pp: int, version: str,
-                     model: ModelSpec | None, device: DeviceSpec | None,
+def _engine_settings(backend: str, name: str, batch: int, isl: int, layout: ParallelLayout | None,
+                     version: str, model: ModelSpec | None, device: DeviceSpec | None,
                      weight_dtype: str) -> dict[str, object]:
-    """Role fields from max_num_seqs on, for the engine the row ran (module docstring)."""
+    """Role fields from max_num_seqs on, for the engine the row ran (module docstring); `layout`
+    None when the role's columns are inconsistent (then only the attention tp × pp is known)."""
+    tp, pp = (layout.tp, layout.pp) if layout is not None else (1, 1)
     if backend == "vllm":
         seqs, tokens = _caps(name, batch, isl)
         return {"max_num_seqs": seqs, "max_num_batched_tokens": tokens}
@@ -261,8 +277,8 @@ def _engine_settings(backend: str, name: str, batch: int, isl: int, tp: int, pp:
     block = TRT_TOKENS_PER_BLOCK
     tokens = -(-_generator_tokens(name, seqs, isl) // block) * block
     held = _reserve_share(model, device, tp, tokens, seqs)
-    if model is not None and device is not None:
-        held += weight_bytes(model, weight_dtype) / (tp * pp) / device.mem_capacity
+    if model is not None and device is not None and layout is not None:
+        held += weight_bytes_per_device(model, weight_dtype, layout) / device.mem_capacity
     fraction = TRT_FREE_GPU_MEMORY_FRACTION + (1.0 - TRT_FREE_GPU_MEMORY_FRACTION) * held
     return {"max_num_seqs": seqs, "max_num_batched_tokens": tokens, "block_size": block,
             "gpu_memory_utilization": min(1.0, fraction), "policy_options": (("chunked_prefill", 0.0),)}
@@ -284,10 +300,27 @@ def _role(row: dict[str, str], name: str, where: str, line: int, isl: int, backe
     pp = max(1, get("pp_size", 1))
     adp = max(1, get("attention_dp_size", 1))
     batch = get("batch_size", 1 if name == "prefill" else None)
-    settings = _engine_settings(backend, name, batch, isl, tp, pp, (row.get("backend_version") or "").strip(),
+    moe_tp, moe_ep = get("moe_tp_size", 0), get("moe_ep_size", 0)
+    if _implied_attention_dp(row, name, backend, model, batch, tp, moe_tp, moe_ep):
+        tp, adp = 1, tp
+    role = Role(name, 1 if name == "agg" else get("num_workers"), tp, pp, adp, moe_tp, moe_ep, batch, 0, 0)
+    try:
+        layout: ParallelLayout | None = role.layout(model is not None and model.is_moe)
+    except UserError:
+        layout = None  # stated by `_layout_problems`
+    settings = _engine_settings(backend, name, batch, isl, layout, (row.get("backend_version") or "").strip(),
                                 model, device, weight_dtype)
-    return Role(name, 1 if name == "agg" else get("num_workers"), tp, pp, adp,
-                get("moe_tp_size", 0), get("moe_ep_size", 0), batch, **settings)  # type: ignore[arg-type]
+    return replace(role, **settings)  # type: ignore[arg-type]
+
+
+def _implied_attention_dp(row: dict[str, str], name: str, backend: str, model: ModelSpec | None,
+                          batch: int, tp: int, moe_tp: int, moe_ep: int) -> bool:
+    """Whether an aggregated TRT-LLM MoE row with attention-DP left blank ran attention-DP over its
+    tp GPUs: its id states concurrency batch × tp and moe_tp × moe_ep = tp (module docstring)."""
+    stated = _CONCURRENCY_IN_ID.search(row.get("id", ""))
+    return (name == "agg" and backend == "trtllm" and tp > 1 and model is not None
+            and model.is_moe and not (row.get("attention_dp_size") or "").strip() and stated is not None
+            and int(stated[1]) == batch * tp and moe_tp * max(1, moe_ep) == tp)
 
 
 def _dtype(row: dict[str, str], model: ModelSpec | None) -> tuple[str | None, str | None]:
@@ -350,7 +383,8 @@ def map_row(row: dict[str, str], line: int, where: str = "") -> PointDeployment:
     elif not (row.get("prefill_num_workers") or "").strip() or not (row.get("decode_num_workers") or "").strip():
         roles = ()
         concurrency = 0
-        problems.append("disaggregated row without prefill/decode worker counts (an older dump)")
+        problems.append("disaggregated row without prefill/decode worker counts (an older dump, and no row "
+                        "records the same measurement with them)")
     else:
         roles = tuple(_role(row, name, where, line, isl, backend, model, device, weight)
                       for name in ("prefill", "decode"))
@@ -372,3 +406,55 @@ def map_row(row: dict[str, str], line: int, where: str = "") -> PointDeployment:
         measured_ttft_s=_float(row, "silicon_ttft_ms", where, line) / 1e3,
         measured_tpot_s=_float(row, "silicon_tpot_ms", where, line) / 1e3,
         unsupported="; ".join(dict.fromkeys(problems)) or None)
+
+
+#: Per-role columns of the disaggregated layout (`map_rows` takes them from a row's twin).
+_ROLE_COLUMNS = ("num_workers", "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size",
+                 "moe_ep_size")
+_TWIN_FILLS = tuple(f"{role}_{c}" for role in ("prefill", "decode") for c in _ROLE_COLUMNS)
+
+
+def _gpus(row: dict[str, str], role: str) -> int:
+    """GPUs of one instance of `role` (tp × pp × attention-DP; blank counts 1)."""
+    n = 1
+    for c in ("tp_size", "pp_size", "attention_dp_size"):
+        try:
+            n *= max(1, int(float(row.get(f"{role}_{c}") or 1)))
+        except ValueError:
+            pass  # a malformed column is reported when the row is mapped
+    return n
+
+
+def _measured_key(row: dict[str, str]) -> tuple[object, ...] | None:
+    """Engine, mode, lengths, GPUs per role and the measured means (None if a mean is not a number)."""
+    try:
+        means = (round(float(row["silicon_ttft_ms"]), 6), round(float(row["silicon_tpot_ms"]), 6))
+    except (KeyError, ValueError):
+        return None
+    return (*((row.get(c) or "").strip().lower() for c in ("backend", "mode", "isl", "osl")),
+            _gpus(row, "prefill"), _gpus(row, "decode"), *means)
+
+
+def with_twin_worker_counts(rows: list[tuple[int, dict[str, str]]]) -> list[tuple[int, dict[str, str]]]:
+    """`rows` with each older-dump disaggregated row (no worker counts) completed from the row that
+    records the same measurement with its counts (module docstring); the rest unchanged."""
+    counted: dict[tuple[object, ...], dict[str, str]] = {}
+    for _, row in rows:
+        if all((row.get(f"{role}_{c}") or "").strip() for role in ("prefill", "decode")
+               for c in ("num_workers", "batch_size")):
+            key = _measured_key(row)
+            if key is not None:
+                counted.setdefault(key, row)
+    out = []
+    for line, row in rows:
+        old_dump = (row.get("mode") or "").strip().lower() == "disagg" and not any(
+            (row.get(c) or "").strip() for c in ("prefill_num_workers", "decode_num_workers"))
+        twin = counted.get(_measured_key(row)) if old_dump else None
+        out.append((line, {**row, **{c: twin.get(c, "") for c in _TWIN_FILLS}} if twin is not None else row))
+    return out
+
+
+def map_rows(rows: list[tuple[int, dict[str, str]]], where: str = "") -> list[PointDeployment]:
+    """`map_row` of every (line, row), older-dump disaggregated rows completed from their twins first
+    (`with_twin_worker_counts`)."""
+    return [map_row(row, line, where) for line, row in with_twin_worker_counts(rows)]

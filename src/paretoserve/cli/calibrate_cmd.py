@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from paretoserve.perf.profile import Profile
 
 _KIND_NAMES = {"gemm": "GEMM", "context_attention": "context attention",
-               "generation_attention": "generation attention", "allreduce": "all-reduce"}
+               "generation_attention": "generation attention", "allreduce": "all-reduce",
+               "mla_context": "MLA context", "mla_generation": "MLA generation"}
 
 
 @app.command("calibrate")

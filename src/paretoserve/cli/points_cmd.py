@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from paretoserve.calibrate.point_replay import COLLECTED, STEADY, PointPrediction, error_summary, predict_points
-from paretoserve.calibrate.points import map_row, parse_where, read_points, select
+from paretoserve.calibrate.points import map_row, parse_where, read_points, select, with_twin_worker_counts
 from paretoserve.cli.app import console
 from paretoserve.errors import UserError
 from paretoserve.outputs import building_folder, claim_folder
@@ -60,7 +60,7 @@ def validate_points(points: Path, *, where: str | None, profile: Path | None, ou
     inputs = (points, profile)
     if out is not None:  # before the predictions: a new folder or an earlier one of this command
         claim_folder(out, OUT_COMMAND, inputs=inputs)
-    rows = select(read_points(points), parse_where(where), str(points))
+    rows = select(with_twin_worker_counts(read_points(points)), parse_where(where), str(points))
     if not rows:
         raise UserError(f"no row of {points} matches --where {where!r}", field="where")
     deployments = [map_row(row, line, str(points)) for line, row in rows]

@@ -8,9 +8,14 @@ Same operator structure as `Roofline` for a model on `tp × pp` devices, but:
 - **attention** of GQA layers takes context-attention efficiency for the prefill chunks (batch =
   chunks, length = the prompt length whose causal pairs equal the chunks' mean pairs) and
   generation-attention efficiency for the decodes (batch = decodes, length = mean context);
-- **tensor-parallel all-reduce** takes the fitted all-reduce efficiency when there is one;
-- everything else (norms, embedding, MLA and Mamba mixers, routed experts, pipeline send/recv) is
-  the roofline formula with default efficiencies.
+- **all-reduces** (the roofline's, by layout) take the fitted all-reduce efficiency when there is one;
+- **MLA** layers (models whose attention is all MLA) take the constants fitted to the MLA module
+  tables when the profile has them (`perf.mla.MlaConstants`): the prefill-only operators (latent
+  up-projection, decompressed attention) the context constants, the decode-only ones (absorbed
+  projection and attention) the generation constants, and the projections every token runs (q/kv
+  down, q up, o) those of the step's phase — context when it has prompt tokens, as in the tables;
+- everything else (norms, embedding, Mamba mixers, routed experts, pipeline send/recv) is the
+  roofline formula with default efficiencies.
 
 Global coefficients (`Coefficients`, fitted end to end from a run) scale on top: compute and
 memory efficiency scales (a kernel's time × max(C/s_c, M/s_m) / max(C, M), where C and M are its
@@ -39,8 +44,10 @@ from paretoserve.catalog.model import ModelSpec
 from paretoserve.perf.base import StepTimeModel
 from paretoserve.perf.fitted import Coefficients, Grid, KernelFit, table_dtype
 from paretoserve.perf.layout import ParallelLayout
+from paretoserve.perf.mla import OP_PHASE, MlaConstants, mla_ops
 from paretoserve.perf.profile import load_profile
 from paretoserve.perf.roofline import (
+    _MLA_AGG,
     DEC_KV,
     PF_KV,
     PF_KV_W,
@@ -100,13 +107,16 @@ class Calibrated(StepTimeModel):
         gemm_dtype: table group for FP8 weights ("fp8" per-tensor scaling, or "fp8_block").
         layout: the parallel layout (see `Roofline`); the routed experts and all-to-all keep the
             roofline's layout-aware operators.
+        mla: fitted MLA constants by phase ("context", "generation"; both needed), from the
+            profile; without them MLA layers keep the roofline formula.
     """
 
     def __init__(self, model: ModelSpec, device: DeviceSpec, *, tp: int = 1, pp: int = 1,
                  weight_dtype: str | None = None, kv_dtype: str | None = None,
                  kernels: Mapping[str, KernelFit] | None = None,
                  coefficients: Coefficients | None = None, efficiency: Efficiency | None = None,
-                 gemm_dtype: str | None = None, layout: ParallelLayout | None = None) -> None:
+                 gemm_dtype: str | None = None, layout: ParallelLayout | None = None,
+                 mla: Mapping[str, MlaConstants] | None = None) -> None:
         self.coef = coefficients or Coefficients()
         base = efficiency or Efficiency()
         cs, ms = self.coef.compute_scale, self.coef.memory_scale
@@ -133,7 +143,18 @@ class Calibrated(StepTimeModel):
             replaced |= {"attn.prefill", "attn.decode"}
         if self._allreduce:
             replaced.add("tp.allreduce")
+        mla = dict(mla or {})
+        fitted_mla = {"context", "generation"} <= set(mla) and all(
+            layer.attention.kind in ("mla", "none") for layer in model.layers) and any(
+            layer.attention.kind == "mla" for layer in model.layers)
+        if fitted_mla:
+            replaced |= {op.name for op in self._mla_ops(mla, "context")}
         self.rest: list[_Op] = [op for op in self.roof.ops if op.name not in replaced]
+        #: the remaining operators of steps with prompt tokens (they differ only in fitted MLA)
+        self.rest_prefill: list[_Op] = self.rest
+        if fitted_mla:
+            self.rest_prefill = self.rest + self._mla_ops(mla, "context")
+            self.rest = self.rest + self._mla_ops(mla, "generation")
         if "gemm" not in self.kernels:
             self._gemms = []
         self._tok = np.zeros(1)
@@ -146,13 +167,12 @@ class Calibrated(StepTimeModel):
         self._n_const: dict[int, float] = {}
 
     # ------------------------------------------------------------------ structure
-    def _table_ops(self) -> tuple[list[_Gemm], list[_Attn], tuple[int, float] | None]:
+    def _table_ops(self) -> tuple[list[_Gemm], list[_Attn], bool]:
         m, tp = self.model, self.tp
         h = m.hidden_size
         gemms: dict[tuple, int] = {}
         attn: dict[tuple, int] = {}
         has_mla = any(layer.attention.kind == "mla" for layer in m.layers)
-        reduces = 0
 
         def gemm(name: str, layers: int, n: float, k: float, kind: str, sampled: bool = False) -> None:
             key = (name, n, k, sampled, kind)
@@ -179,17 +199,34 @@ class Calibrated(StepTimeModel):
                 gemm(name, count, h, mlp.intermediate / tp, "mlp")
             if mlp.kind == "moe":
                 gemm("moe.router", count, mlp.num_experts, h, "router")
-            if tp > 1:
-                reduces += count * ((att.kind != "none") + (mlp.kind != "none"))
         gemm("lm_head", 1, m.vocab_size / tp, h, "lm_head", sampled=True)
         gemm_ops = [_Gemm(name, layers, n, k, s, kind) for (name, n, k, s, kind), layers in gemms.items()]
         attn_ops = []
         if not has_mla and "context_attention" in self.kernels and "generation_attention" in self.kernels:
             attn_ops = [_Attn(layers, *key) for key, layers in attn.items()]
-        allreduce = None
-        if tp > 1 and reduces and "allreduce" in self.kernels:
-            allreduce = (reduces, h * 2.0)
-        return gemm_ops, attn_ops, allreduce
+        return gemm_ops, attn_ops, bool(self.roof.allreduces) and "allreduce" in self.kernels
+
+    def _mla_ops(self, mla: Mapping[str, MlaConstants], step_phase: str) -> list[_Op]:
+        """The MLA operators of every MLA layer with fitted constants (module docstring): each
+        phase-specific operator by its phase, the shared projections by `step_phase`."""
+        roof, dev = self.roof, self.device
+        cs, ms = self.coef.compute_scale, self.coef.memory_scale
+        compute = self._compute["attention"]
+        ops = []
+        for layer, count in self.model.layer_groups:
+            if layer.attention.kind != "mla":
+                continue
+            for op in mla_ops(layer.attention, self.model.hidden_size, self.tp, weight_bytes=roof.wb["attention"],
+                              kv_bytes=dtype_bytes(self.kv_dtype), act_bytes=roof.act_bytes):
+                c = mla[OP_PHASE.get(op.name, step_phase)]
+                if op.kind == "gemm":
+                    peak = dev.peak_flops(compute) * (c.gemm_fp8 if compute == "fp8" else c.gemm) * cs
+                else:
+                    peak = dev.peak_flops("bf16") * c.attention * cs
+                ops.append(_Op(op.name, count, peak, dev.mem_bandwidth * c.memory * ms, c.fixed_s,
+                               tuple(sorted((_MLA_AGG[k], v) for k, v in op.flops.items())), op.weight_bytes,
+                               tuple(sorted((_MLA_AGG[k], v) for k, v in op.bytes.items()))))
+        return ops
 
     def _scale(self, c: np.ndarray, mem: np.ndarray) -> np.ndarray:
         """Factor applied to a kernel of ideal compute time `c` and memory time `mem`."""
@@ -327,19 +364,25 @@ class Calibrated(StepTimeModel):
         return _pl_eval(x, y, mean_ctx)
 
     # ------------------------------------------------------------------ remaining (roofline) ops
+    def _rest_ops(self, agg: list[float]) -> list[_Op]:
+        """The remaining operators of a step with aggregates `agg`."""
+        return self.rest_prefill if agg[PF_TOKENS] else self.rest
+
     def _rest_seconds(self, agg: list[float]) -> float:
-        return ops_seconds(self.rest, agg)
+        return ops_seconds(self._rest_ops(agg), agg)
 
     def _allreduce_seconds(self, tokens: float) -> float:
-        """All-reduce seconds of a step: from the table fit if there is one, else `perf.comm`."""
+        """All-reduce seconds of a step (the roofline's `allreduces_of` layout): from the table fit
+        if there is one, else `perf.comm`."""
         if not self._allreduce:
             return self.roof.allreduce_seconds(tokens)
         if not tokens:
             return 0.0
-        count, per_token = self._allreduce
         fit = self.kernels["allreduce"]
-        size = np.array([tokens * per_token])
-        return count * float(fit.seconds(self.device, {"message_size": size}, {"num_gpus": self.tp})[0])
+        row = self.model.hidden_size * self.roof.act_bytes
+        return sum(ar.blocks * float(fit.seconds(self.device, {"message_size": np.array([ar.token_scale * tokens * row])},
+                                                 {"num_gpus": ar.gpus})[0])
+                   for ar in self.roof.allreduces)
 
     # ------------------------------------------------------------------ public interface
     def pp_send_seconds(self, tokens: int) -> float:
@@ -382,7 +425,7 @@ class Calibrated(StepTimeModel):
                 acc[2] += nbytes
             for name, (sec, flops, nbytes) in by_name.items():
                 ops.append(OpTime(name, sec, flops, nbytes, self._bound(flops, nbytes)))
-        for op in self.rest:
+        for op in self._rest_ops(agg):
             flops = sum(c * agg[i] for i, c in op.flops)
             nbytes = sum(c * agg[i] for i, c in op.bytes)
             if not flops and not nbytes:
@@ -397,8 +440,8 @@ class Calibrated(StepTimeModel):
                             else op.bound_if_memory if nbytes else "overhead")
             ops.append(OpTime(op.name, seconds, op.layers * flops, op.layers * nbytes, bound))
         if self.roof.allreduces and tokens:
-            ops.append(OpTime("tp.allreduce", self._allreduce_seconds(tokens), 0.0,
-                              self.roof.allreduces * tokens * self.model.hidden_size * self.roof.act_bytes, "comm"))
+            ops.append(OpTime("tp.allreduce", self._allreduce_seconds(tokens), 0.0, self.roof.allreduce_bytes(tokens),
+                              "comm"))
         if self._attn:
             pf = self._prefill_attention(len(shape.prefill), agg[PF_PAIRS], agg[PF_PAIRS_W], agg[PF_TOKENS],
                                          agg[PF_KV], agg[PF_KV_W])
@@ -574,4 +617,4 @@ def load_step_model(model: str | ModelSpec, device: str | DeviceSpec, *, tp: int
         return Roofline(spec, dev, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, layout=layout)
     prof = load_profile(profile, device=dev.name)
     return Calibrated(spec, dev, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                      kernels=prof.kernels, coefficients=prof.coefficients, layout=layout)
+                      kernels=prof.kernels, coefficients=prof.coefficients, layout=layout, mla=prof.mla)

@@ -30,6 +30,30 @@ from typing import Literal
 from paretoserve.catalog.model import AttentionSpec
 
 OpKind = Literal["gemm", "attention"]
+#: Phases of the MLA module tables and fits: prefill chunks ("context") and decodes ("generation").
+MLA_PHASES = ("context", "generation")
+#: The phase whose constants time each phase-specific operator (the projections run in both).
+OP_PHASE = {"attn.mla_kv_up": "context", "attn.prefill": "context", "attn.mla_absorb": "generation",
+            "attn.decode": "generation"}
+
+
+@dataclass(frozen=True, slots=True)
+class MlaConstants:
+    """Fitted MLA efficiencies of one phase (`paretoserve.calibrate.mla_fit`), stored in profiles:
+    an operator takes fixed_s + max(FLOPs / (peak × e), bytes / (bandwidth × memory)) with e =
+    `gemm` (bf16 weights) or `gemm_fp8` (fp8 weights) for weight GEMMs, `attention` for the
+    attention kernels (fractions of the datasheet peaks; fixed_s in seconds per operator)."""
+
+    gemm: float
+    gemm_fp8: float
+    attention: float
+    memory: float
+    fixed_s: float
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain dict (profile file)."""
+        return {"gemm": self.gemm, "gemm_fp8": self.gemm_fp8, "attention": self.attention,
+                "memory": self.memory, "fixed_s": self.fixed_s}
 
 
 @dataclass(frozen=True, slots=True)

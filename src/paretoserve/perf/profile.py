@@ -16,6 +16,7 @@ YAML fields:
     source: where the measurements came from
     created: 2025-06-01T12:00:00Z
     coefficients: {compute_scale, memory_scale, step_overhead_s, token_overhead_s}
+    mla: {context: {gemm, gemm_fp8, attention, memory, fixed_s}, generation: {...}}  # MLA tables only
     fit: {gemm: {points, loo_median, loo_p90}, ...}   # quality, for people
     transfer: {reference, slope, intercepts, points, residual}   # kind: transfer only
     grids_file: h100.3f2a9c01d4e7.grids.parquet   # absent when there are no kernel fits
@@ -35,6 +36,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ from paretoserve.atomic import write_bytes_atomic, write_text_atomic
 from paretoserve.errors import UserError
 from paretoserve.outputs import Inputs, claim_file
 from paretoserve.perf.fitted import Coefficients, Grid, KernelFit
+from paretoserve.perf.mla import MLA_PHASES, MlaConstants
 from paretoserve.textfiles import read_yaml
 
 FORMAT = "paretoserve-profile/1"
@@ -67,6 +70,7 @@ class Profile:
         created: ISO-8601 UTC time of the fit.
         coefficients: global end-to-end corrections.
         kernels: fitted kernel efficiencies by kind (empty for a "run" profile).
+        mla: fitted MLA constants by phase ("context", "generation"; empty without MLA tables).
         fit: fit quality by kernel kind (points, leave-one-out median/p90 as fractions).
         transfer: the transfer map and its reference device (kind "transfer").
         notes: free text.
@@ -80,6 +84,7 @@ class Profile:
     created: str = ""
     coefficients: Coefficients = field(default_factory=Coefficients)
     kernels: dict[str, KernelFit] = field(default_factory=dict)
+    mla: dict[str, MlaConstants] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
     transfer: dict[str, Any] | None = None
     notes: str = ""
@@ -158,6 +163,8 @@ def save_profile(profile: Profile, path: str | os.PathLike[str], *, inputs: Inpu
         "engine_version": profile.engine_version, "source": profile.source, "created": profile.created,
         "coefficients": profile.coefficients.to_dict(), "fit": profile.fit,
     }
+    if profile.mla:
+        doc["mla"] = {phase: c.to_dict() for phase, c in profile.mla.items()}
     if profile.transfer:
         doc["transfer"] = profile.transfer
     if profile.notes:
@@ -229,6 +236,7 @@ def load_profile(path: str | os.PathLike[str], *, device: str | None = None) -> 
     return Profile(device=doc["device"], kind=doc["kind"], engine=str(doc.get("engine") or ""),
                    engine_version=str(doc.get("engine_version") or ""), source=str(doc.get("source") or ""),
                    created=str(doc.get("created") or ""), coefficients=coefficients, kernels=kernels,
+                   mla=_mla(doc.get("mla") or {}, source),
                    fit=dict(doc.get("fit") or {}), transfer=doc.get("transfer"),
                    notes=str(doc.get("notes") or ""))
 
@@ -252,6 +260,29 @@ def _coefficients(data: Any, source: Path) -> Coefficients:
             raise UserError("must be >= 0 seconds", file=str(source), field=f"coefficients.{name}")
         values[name] = float(value)
     return Coefficients(**values)
+
+
+def _mla(data: Any, source: Path) -> dict[str, MlaConstants]:
+    """The `mla` section: per phase five finite numbers, efficiencies in (0, 1], fixed_s >= 0."""
+    if not isinstance(data, dict):
+        raise UserError("must be a mapping", file=str(source), field="mla")
+    out = {}
+    names = tuple(MlaConstants.__dataclass_fields__)
+    for phase, values in data.items():
+        where = f"mla.{phase}"
+        if phase not in MLA_PHASES:
+            raise UserError(f"unknown MLA phase '{phase}'; expected {', '.join(MLA_PHASES)}", file=str(source),
+                            field=where)
+        if not isinstance(values, dict) or set(values) != set(names):
+            raise UserError(f"expected the fields {', '.join(names)}", file=str(source), field=where)
+        for name, value in values.items():
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (value >= 0 if name == "fixed_s" else 0 < value <= 1)
+            if not ok:
+                expected = "a number of seconds >= 0" if name == "fixed_s" else "an efficiency in (0, 1]"
+                raise UserError(f"expected {expected}, got {value!r}", file=str(source), field=f"{where}.{name}")
+        out[phase] = MlaConstants(**{name: float(values[name]) for name in names})
+    return out
 
 
 def _load_grids(doc: dict[str, Any], source: Path) -> dict[str, KernelFit]:

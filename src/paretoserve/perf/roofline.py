@@ -6,8 +6,9 @@ aggregates of the step (tokens, sampled rows, attention pairs, KV tokens read, .
     fixed + max(FLOPs / (peak × compute efficiency), bytes / (bandwidth × memory efficiency))
 
 summed over the layers it appears in, plus pipeline send/recv from the link model and the
-tensor-parallel all-reduces of `paretoserve.perf.comm` (algorithm and link as vLLM picks them; their
-time depends on the step's token count only, so it is a per-step constant of the decode fast path).
+all-reduces of `paretoserve.perf.comm` (algorithm and link as vLLM picks them; their time depends on
+the step's token count only, so it is a per-step constant of the decode fast path). Which
+all-reduces run follows the layout (`AllReduce`, `allreduces_of`).
 Token counts up to the largest CUDA-graph capture size are padded to the next captured size for
 the linear layers and all-reduces, as vLLM V1 runs them. Routed experts follow the parallel layout
 (`paretoserve.perf.layout`): the busiest EP rank's grouped GEMM (`paretoserve.perf.grouped_gemm`,
@@ -90,6 +91,53 @@ class Efficiency:
 
 
 @dataclass(frozen=True, slots=True)
+class AllReduce:
+    """All-reduces of one kind in a step: `blocks` calls over `gpus` GPUs, each reducing
+    `token_scale` × (the rank's step tokens) × hidden activations."""
+
+    blocks: int
+    gpus: int
+    token_scale: float = 1.0
+
+
+def allreduces_of(model: ModelSpec, layout: ParallelLayout) -> tuple[AllReduce, ...]:
+    """The all-reduces of one step of one attention-DP rank of `layout`, as vLLM runs them
+    (engine_facts §3 "Data parallel + expert parallel"; vllm `FusedMoE`: the DP dispatch / combine,
+    then `tensor_model_parallel_all_reduce` over the attention TP group):
+
+    - after every attention block and every dense MLP block: one over the attention TP (tp > 1);
+    - after every MoE block without attention-DP: one over the tp GPUs, which hold every token and
+      whose partial sums (experts split moe_tp × EP = tp, shared experts TP-sharded) it adds up;
+    - after every MoE block with attention-DP: the DP ranks' partial sums are combined first — by the
+      EP all-to-all when EP > 1 (priced by `perf.alltoall`; with moe_tp > 1 the moe_tp shards of each
+      expert then reduce the rank's received selections, adp × top-k ÷ EP per token, over moe_tp
+      GPUs), else (experts TP-sharded over all tp × DP GPUs) by the all-gather of every rank's tokens
+      and the reduce-scatter of their outputs over the DP ranks, priced as one all-reduce of
+      DP × tokens over DP GPUs (a ring all-reduce is a reduce-scatter plus an all-gather of the
+      same buffer); then one over the attention TP (tp > 1) adds the partial sums of the rank's tp
+      GPUs.
+    """
+    tp, adp, ep, moe_tp = layout.tp, layout.attention_dp, layout.ep, layout.moe_tp_ways
+    blocks: dict[tuple[int, float], int] = {}
+
+    def add(count: int, gpus: int, scale: float = 1.0) -> None:
+        if gpus > 1 and count:
+            blocks[(gpus, scale)] = blocks.get((gpus, scale), 0) + count
+
+    for layer, count in model.layer_groups:
+        mlp = layer.mlp
+        add(count * ((layer.attention.kind != "none") + (mlp.kind == "dense")), tp)
+        if mlp.kind != "moe":
+            continue
+        add(count, tp)
+        if adp > 1 and ep > 1:
+            add(count, moe_tp, adp * mlp.top_k / ep)
+        elif adp > 1:
+            add(count, adp, float(adp))
+    return tuple(AllReduce(n, gpus, scale) for (gpus, scale), n in blocks.items())
+
+
+@dataclass(frozen=True, slots=True)
 class _Op:
     """One operator kind: time = layers × (fixed + max(flops/peak, bytes/bandwidth))."""
 
@@ -147,7 +195,7 @@ class Roofline(StepTimeModel):
         self._moe_cache: dict[float, tuple[float, float, float]] = {}
         self.ops = self._build_ops()
         self.stage_share = slowest_stage_share(model.num_layers, pp)
-        self.allreduces = self._allreduce_count()
+        self.allreduces = allreduces_of(model, layout)
         self._ar_cache: dict[float, float] = {}
         self._lines: dict[int, tuple[float, tuple[tuple[float, float, float, float], ...]]] = {}
 
@@ -171,30 +219,28 @@ class Roofline(StepTimeModel):
         if self.allreduces and agg[TOKENS]:
             seconds = self.allreduce_seconds(agg[TOKENS])
             total += seconds
-            ops.append(OpTime("tp.allreduce", seconds, 0.0,
-                              self.allreduces * agg[TOKENS] * self.model.hidden_size * self.act_bytes, "comm"))
+            ops.append(OpTime("tp.allreduce", seconds, 0.0, self.allreduce_bytes(agg[TOKENS]), "comm"))
         if self.eff.step_overhead_s:
             ops.append(OpTime("step.overhead", self.eff.step_overhead_s, 0.0, 0.0, "overhead"))
         return StepTime(total, tuple(ops))
 
     def allreduce_seconds(self, tokens: float) -> float:
-        """Seconds of a step's tensor-parallel all-reduces for `tokens` (padded) tokens: every
-        attention and MLP block of every layer reduces tokens × hidden activations (`perf.comm`)."""
+        """Seconds of a step's all-reduces (`allreduces_of`) for `tokens` (padded) tokens of this
+        rank, each of token_scale × tokens × hidden activations (`perf.comm`)."""
         if not self.allreduces or tokens <= 0:
             return 0.0
         cached = self._ar_cache.get(tokens)
         if cached is None:
-            nbytes = tokens * self.model.hidden_size * self.act_bytes
-            cached = self.allreduces * comm.allreduce_seconds(self.device, self.tp, nbytes)
+            row = self.model.hidden_size * self.act_bytes
+            cached = sum(ar.blocks * comm.allreduce_seconds(self.device, ar.gpus, ar.token_scale * tokens * row)
+                         for ar in self.allreduces)
             self._ar_cache[tokens] = cached
         return cached
 
-    def _allreduce_count(self) -> int:
-        """All-reduces per step: one after each attention and each MLP block, when tp > 1."""
-        if self.tp <= 1:
-            return 0
-        return sum(count * ((layer.attention.kind != "none") + (layer.mlp.kind != "none"))
-                   for layer, count in self.model.layer_groups)
+    def allreduce_bytes(self, tokens: float) -> float:
+        """Bytes the step's all-reduces reduce (each call's buffer, summed) for `tokens` tokens."""
+        row = self.model.hidden_size * self.act_bytes
+        return sum(ar.blocks * ar.token_scale * tokens * row for ar in self.allreduces)
 
     def seconds(self, shape: StepShape) -> float:
         return self._evaluate(self.aggregates(shape))

@@ -13,7 +13,9 @@ Sources: TensorRT-LLM docs "useful runtime flags", `tensorrt_llm/llmapi/llm_args
 - KV blocks of 32 tokens (`tokens_per_block`).
 
 The request's output length stands for its max new tokens; its last token's KV is never written,
-so a request reserves the blocks of prompt + output − 1 tokens (what it can ever hold).
+so a request reserves the blocks of prompt + output − 1 tokens (what it can ever hold), plus the
+blocks of its sliding-window KV and recurrent state where the model has them (`KvLayout.fixed_blocks`,
+the block manager's own accounting).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from paretoserve.sim.schedulers.base import Scheduler
 from paretoserve.sim.sequence import Sequence
 
 if TYPE_CHECKING:
+    from paretoserve.perf.memory import KvLayout
     from paretoserve.sim.config import EngineConfig
     from paretoserve.sim.replica import Replica
 
@@ -41,17 +44,20 @@ class TrtllmScheduler(Scheduler):
         self.capacity = config.num_blocks
 
     @staticmethod
-    def reserved_blocks(seq: Sequence, block_size: int) -> int:
-        """KV blocks `seq` holds by the end of its output."""
-        return (seq.prompt + seq.output - 1 + block_size - 1) // block_size
+    def reserved_blocks(seq: Sequence, block_size: int, layout: KvLayout | None = None) -> int:
+        """KV blocks `seq` holds by the end of its output (with `layout`: also its sliding-window
+        and recurrent-state blocks)."""
+        context = seq.prompt + seq.output - 1
+        fixed = layout.fixed_blocks(context) if layout is not None else 0
+        return (context + block_size - 1) // block_size + fixed
 
     def admit(self, replica: Replica, budget: int) -> int:
-        bs = replica.bs
-        reserved = sum(self.reserved_blocks(s, bs) for s in replica.running)
+        bs, layout = replica.bs, replica.layout
+        reserved = sum(self.reserved_blocks(s, bs, layout) for s in replica.running)
         queue = self.waiting
         while queue and budget > 0 and len(replica.running) < replica.max_seqs:
             seq = queue[0]
-            need = self.reserved_blocks(seq, bs)
+            need = self.reserved_blocks(seq, bs, layout)
             if reserved + need > self.capacity:
                 break
             tokens = replica.try_admit(seq, budget)
